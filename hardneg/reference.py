@@ -67,10 +67,6 @@ def _log1mexp(x: np.ndarray) -> np.ndarray:
         return np.where(x > -math.log(2.0), np.log(-np.expm1(x)), np.log1p(-np.exp(x)))
 
 
-def _logaddexp(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.logaddexp(a, b)
-
-
 def _rows(S, mask, a, M, *, temperature, beta, tau_plus, estimator, clamp):
     """Loss and gradients of each anchor row.
 
@@ -119,22 +115,23 @@ def _rows(S, mask, a, M, *, temperature, beta, tau_plus, estimator, clamp):
         ng_pos = x < 0.0
         gu = np.where(ng_pos, lr + _log1mexp(np.minimum(x, 0.0)) - log1m_tau, -np.inf)  # log unclamped Ng
 
+        # delta = log D - a = the loss, evaluated as softplus(gamma - a) so that tiny losses keep their digits.
         if clamp:
             lf = logM - 1.0 / t  # log of the floor M e^{-1/t}
             floor = gu < lf  # the tie takes the unclamped branch, as torch.clamp's gradient does
             g = np.where(floor, lf, gu)
-            logD = _logaddexp(g, a)
-            rho = np.where(floor, 0.0, np.exp(lr - log1m_tau - logD))
-            da = np.where(floor, -np.exp(lf - logD), -rho)
+            delta = np.logaddexp(0.0, g - a)
+            rho = np.where(floor, 0.0, np.exp(lr - log1m_tau - a - delta))
+            da = np.where(floor, -np.exp(lf - a - delta), -rho)
         else:
             # Ng_u <= 0 is possible: D = e^a + Ng_u = e^a - N'/(1 - tau+), N' = tau+ M e^a - R >= 0.
             logNp = np.log(tau) + logM + a + _log1mexp(-np.maximum(x, 0.0)) if tau > 0.0 else np.full(A, -np.inf)
             y = logNp - log1m_tau - a
-            logD_neg = np.where(y < 0.0, a + _log1mexp(np.minimum(y, 0.0)), np.nan)  # D <= 0: undefined, NaN
-            logD = np.where(ng_pos, _logaddexp(gu, a), logD_neg)
-            rho = np.exp(lr - log1m_tau - logD)
+            delta_neg = np.where(y < 0.0, _log1mexp(np.minimum(y, 0.0)), np.nan)  # D <= 0: undefined, NaN
+            delta = np.where(ng_pos, np.logaddexp(0.0, gu - a), delta_neg)
+            rho = np.exp(lr - log1m_tau - a - delta)
             da = -rho
-        loss = logD - a
+        loss = delta
 
         loss = np.where(has, loss, 0.0)
         da = np.where(has, da, 0.0)

@@ -1,0 +1,92 @@
+"""The released HCL arithmetic transliterated into PyTorch (eager): the baseline the torch backend is measured against.
+
+This is what a user gets by copying the authors' loss into a training script: raw ``exp`` of every
+similarity, a boolean mask, and about eight (2B x 2B) float32 buffers kept alive for autograd.
+It is deliberately *not* stabilised (it overflows for small temperatures, see docs/benchmarks.md).
+
+For anchors i (2B rows of u = [u1; u2], u = z / ||z||), with s_ij = u_i . u_j / t and M = 2B - 2::
+
+    neg_ij = e^{s_ij} (j not in {i, p(i)}),  pos_i = e^{s_i,p(i)}
+    easy:  Ng_i = sum_j neg_ij
+    hard:  imp_ij = exp(beta * log neg_ij)
+           Ng_i = (sum_j imp_ij neg_ij / mean_j imp_ij - tau+ M pos_i) / (1 - tau+),  Ng_i >= M e^{-1/t}
+    loss = mean_i -log(pos_i / (pos_i + Ng_i))
+
+References
+----------
+Robinson, Chuang, Sra, Jegelka. Contrastive Learning with Hard Negative Samples. ICLR 2021 (released code).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["hcl_loss", "floor", "negative_mask"]
+
+
+def negative_mask(batch: int, device=None) -> torch.Tensor:
+    """(2B, 2B) bool mask, False on the diagonal and on the partner (i, i +- B), True elsewhere."""
+    n = 2 * batch
+    idx = torch.arange(n, device=device)
+    mask = torch.ones((n, n), dtype=torch.bool, device=device)
+    mask[idx, idx] = False
+    mask[idx, (idx + batch) % n] = False
+    return mask
+
+
+def hcl_loss(z1, z2, temperature=0.5, beta=1.0, tau_plus=0.1, estimator="hard"):
+    """Naive HCL loss, mean over the 2B in-batch anchors.
+
+    Parameters
+    ----------
+    z1, z2 : torch.Tensor, shape (B, d)
+        The two views (not yet normalised; normalised here like the released model's output).
+    temperature, beta, tau_plus : float
+    estimator : {"hard", "easy"}
+
+    Returns
+    -------
+    torch.Tensor, scalar, in the input's dtype.
+    """
+    batch = z1.shape[0]
+    out1, out2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    out = torch.cat([out1, out2], dim=0)
+    neg = torch.exp(torch.mm(out, out.t().contiguous()) / temperature)
+    mask = negative_mask(batch, device=z1.device)
+    neg = neg.masked_select(mask).view(2 * batch, -1)
+
+    pos = torch.exp(torch.sum(out1 * out2, dim=-1) / temperature)
+    pos = torch.cat([pos, pos], dim=0)
+
+    if estimator == "hard":
+        n_neg = 2 * batch - 2
+        imp = (beta * neg.log()).exp()
+        reweight_neg = (imp * neg).sum(dim=-1) / imp.mean(dim=-1)
+        ng = (-tau_plus * n_neg * pos + reweight_neg) / (1 - tau_plus)
+        ng = torch.clamp(ng, min=n_neg * math.e ** (-1 / temperature))
+    elif estimator == "easy":
+        ng = neg.sum(dim=-1)
+    else:
+        raise ValueError(f"estimator must be 'hard' or 'easy'; got {estimator!r}")
+    return (-torch.log(pos / (pos + ng))).mean()
+
+
+def floor(u: torch.Tensor):
+    """The three (2B x d)(d x 2B)-class products the loss needs: S = U U^T, then G U and G^T U.
+
+    ``G`` stands for the (2B x 2B) gradient with respect to S; S itself is reused for it, so one
+    (2B x 2B) buffer is live. No implementation of the loss can do less arithmetic than this.
+
+    Parameters
+    ----------
+    u : torch.Tensor, shape (2B, d)
+
+    Returns
+    -------
+    (G U, G^T U) : two tensors of shape (2B, d).
+    """
+    s = u @ u.T
+    return s @ u, s.T @ u
