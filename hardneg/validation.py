@@ -87,7 +87,8 @@ def _is_real(x: Any) -> bool:
 def _check_bool(name: str, value: Any) -> None:
     if value is UNKNOWN:
         return
-    if not (isinstance(value, bool) or type(value).__name__ == "bool_"):
+    numpy_bool = type(value).__module__ == "numpy" and type(value).__name__ in ("bool_", "bool")
+    if not (isinstance(value, bool) or numpy_bool):
         raise TypeError(f"{name} must be a bool (True or False); got {value!r} of type {type(value).__name__}")
 
 
