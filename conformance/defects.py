@@ -1,0 +1,203 @@
+"""Planted wrong implementations: the suite must reject every one (tests/test_conformance_defects.py).
+
+Each is the straightforward differentiable PyTorch transliteration of the spec (:func:`transliteration`, which
+the suite accepts) with one classic mistake, most of them seen in the paper's pseudo-code or in public ports:
+
+=======================  ==========================================================================================
+name                     mistake
+=======================  ==========================================================================================
+pseudocode_mean_neg      importance weights normalised by mean(neg) instead of mean(imp) (appendix pseudo-code)
+beta_multiplies          imp = beta * neg instead of neg ** beta (pseudo-code typo; right only at beta = 1)
+detached_weights         the importance weights detached: values right, gradients wrong
+clamp_without_M          floor e^{-1/t} instead of M e^{-1/t}
+partner_in_negatives     the positive partner left among the anchor's negatives
+beta_on_cosine           imp = exp(beta * cos) instead of exp(beta * cos / t)
+one_direction            only z1's rows are anchors (half the symmetric loss)
+raw_exp                  raw exp arithmetic of the released code: overflows in float32 at small t
+no_normalization         rows used unnormalised even when normalize=True
+=======================  ==========================================================================================
+
+PyTorch is imported when a function is called, never at import time.
+"""
+
+from __future__ import annotations
+
+import math
+
+from hardneg.validation import check_call
+
+__all__ = ["transliteration", "DEFECTS"] + [
+    "pseudocode_mean_neg", "beta_multiplies", "detached_weights", "clamp_without_M", "partner_in_negatives",
+    "beta_on_cosine", "one_direction", "raw_exp", "no_normalization",
+]
+
+
+def _dn(x):
+    return None if x is None else str(x.dtype).replace("torch.", "")
+
+
+def _log1mexp(x):
+    """log(1 - e^x) for x < 0, with gradients safe where the other branch of a where() is taken."""
+    import torch
+
+    hi = torch.where(x > -math.log(2.0), x, torch.full_like(x, -1.0))
+    lo = torch.where(x > -math.log(2.0), torch.full_like(x, -1.0), x)
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(hi)), torch.log1p(-torch.exp(lo)))
+
+
+def _normalize(z):
+    import torch
+
+    scale = z.abs().amax(dim=-1, keepdim=True)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    ss = ((z / safe) ** 2).sum(dim=-1, keepdim=True)
+    n = scale * torch.sqrt(torch.where(ss > 0, ss, torch.ones_like(ss)))
+    return z / n.clamp_min(1e-12)
+
+
+def _impl(z1, z2, *, temperature, beta, tau_plus, estimator, clamp, normalize, negatives, labels, negative_labels,
+          reduction, defect=None):
+    import torch
+
+    check_call(
+        z1_shape=tuple(z1.shape), z2_shape=tuple(z2.shape), z1_dtype=_dn(z1), z2_dtype=_dn(z2),
+        temperature=temperature, beta=beta, tau_plus=tau_plus, estimator=estimator, clamp=clamp,
+        normalize=normalize, reduction=reduction,
+        negatives_shape=None if negatives is None else tuple(negatives.shape), negatives_dtype=_dn(negatives),
+        labels_shape=None if labels is None else tuple(labels.shape), labels_dtype=_dn(labels),
+        negative_labels_shape=None if negative_labels is None else tuple(negative_labels.shape),
+        negative_labels_dtype=_dn(negative_labels),
+    )
+    out_dtype = z1.dtype
+    cdt = torch.float64 if out_dtype == torch.float64 else torch.float32
+    ins = [x for x in (z1, z2, negatives) if x is not None]
+    finite = all(bool(torch.isfinite(x).all()) for x in ins)
+    t = float(temperature)
+    b, tau = float(beta), float(tau_plus)
+    if estimator == "easy":
+        b, tau, clamp = 0.0, 0.0, False
+    nrm = _normalize if (normalize and defect != "no_normalization") else (lambda z: z)
+    B = z1.shape[0]
+    x1, x2 = z1.to(cdt), z2.to(cdt)
+    if negatives is None:
+        U = nrm(torch.cat([x1, x2]))
+        n = 2 * B
+        S = U @ U.T / t
+        idx = torch.arange(n)
+        partner = (idx + B) % n
+        a = S[idx, partner]
+        mask = ~torch.eye(n, dtype=torch.bool)
+        if defect != "partner_in_negatives":
+            mask[idx, partner] = False
+        if labels is not None:
+            lab = torch.cat([labels, labels])
+            mask &= lab[:, None] != lab[None, :]
+        if defect == "one_direction":
+            S, a, mask = S[:B], a[:B], mask[:B]
+    else:
+        u1, u2, V = nrm(x1), nrm(x2), nrm(negatives.to(cdt))
+        a = (u1 * u2).sum(1) / t
+        S = u1 @ V.T / t if V.dim() == 2 else torch.einsum("bd,bkd->bk", u1, V) / t
+        mask = torch.ones(S.shape, dtype=torch.bool)
+        if labels is not None:
+            nl = negative_labels if V.dim() == 3 else negative_labels[None, :]
+            mask &= labels[:, None] != nl
+    M = mask.sum(1)
+    has = M > 0
+    logM = torch.log(torch.where(has, M, 1).to(cdt))
+    ninf = torch.tensor(-math.inf, dtype=cdt)
+
+    if defect == "raw_exp":
+        # the released code's arithmetic, in the compute dtype
+        E = torch.where(mask, torch.exp(S), 0)
+        imp = torch.where(mask, torch.exp(b * S), 0)
+        R = M * (imp * E).sum(1) / imp.sum(1)
+        pos = torch.exp(a)
+        Ng = (R - tau * M * pos) / (1 - tau)
+        if clamp:
+            Ng = torch.clamp(Ng, min=M * math.exp(-1 / t))
+        loss = -torch.log(pos / (pos + Ng))
+    else:
+        def lse(v):
+            return torch.logsumexp(torch.where(mask, v, ninf), dim=1)
+
+        if math.isinf(b):
+            lr = logM + torch.where(mask, S, ninf).amax(1)
+        elif defect == "pseudocode_mean_neg":
+            lr = lse((1 + b) * S) - (lse(S) - logM)
+        elif defect == "beta_multiplies":
+            lr = logM + lse(2 * S) - lse(S)
+        elif defect == "detached_weights":
+            logw = (b * S - lse(b * S)[:, None]).detach()
+            lr = logM + lse(S + logw)
+        elif defect == "beta_on_cosine":
+            lr = logM + lse(S + b * t * S) - lse(b * t * S)
+        else:
+            lr = logM + lse((1 + b) * S) - lse(b * S)
+        lr = torch.where(has, lr, torch.zeros_like(lr))
+        log1m_tau = math.log1p(-tau)
+        if tau > 0:
+            x = math.log(tau) + logM + a - lr
+        else:
+            x = torch.full_like(a, -math.inf)
+        neg = x < 0
+        xs = torch.where(neg, x, torch.full_like(x, -1.0))
+        gu = torch.where(neg, lr + _log1mexp(xs) - log1m_tau, ninf)
+        # the loss is softplus(gamma - a) (spec section 5): a small loss keeps its digits
+        if clamp:
+            lf = (logM if defect != "clamp_without_M" else torch.zeros_like(logM)) - 1.0 / t
+            g = torch.where(gu < lf, lf, gu)
+            loss = torch.logaddexp(torch.zeros_like(a), g - a)
+        else:
+            xp = torch.where(neg, torch.ones_like(x), x)
+            y = (math.log(tau) if tau > 0 else -math.inf) + logM + _log1mexp(-xp) - log1m_tau
+            ys = torch.where(y < 0, y, torch.full_like(y, -1.0))
+            other = torch.where(y < 0, _log1mexp(ys), torch.full_like(y, math.nan))
+            gs = torch.where(neg, gu, torch.zeros_like(gu))
+            loss = torch.where(neg, torch.logaddexp(torch.zeros_like(a), gs - a), other)
+    loss = torch.where(has, loss, torch.zeros_like(loss))
+    if reduction == "mean":
+        value = loss.mean()
+    elif reduction == "sum":
+        value = loss.sum()
+    else:
+        value = loss
+    if not finite or bool(torch.isnan(loss).any()):
+        # spec: non-finite inputs or an undefined anchor make every output element NaN (gradients too)
+        poison = sum(x.to(cdt).sum() for x in ins) * math.nan
+        value = value + poison
+    return value.to(out_dtype)
+
+
+def _make(defect, doc):
+    def fn(z1, z2, *, temperature=0.5, beta=1.0, tau_plus=0.1, estimator="hard", clamp=True, normalize=True,
+           negatives=None, labels=None, negative_labels=None, reduction="mean"):
+        return _impl(z1, z2, temperature=temperature, beta=beta, tau_plus=tau_plus, estimator=estimator,
+                     clamp=clamp, normalize=normalize, negatives=negatives, labels=labels,
+                     negative_labels=negative_labels, reduction=reduction, defect=defect)
+
+    fn.__name__ = fn.__qualname__ = defect or "transliteration"
+    fn.__doc__ = doc
+    fn.__module__ = __name__
+    return fn
+
+
+transliteration = _make(None, "The spec transliterated into differentiable PyTorch (log-space, autograd). Correct.")
+pseudocode_mean_neg = _make("pseudocode_mean_neg", "R normalised by mean(neg) instead of mean(imp).")
+beta_multiplies = _make("beta_multiplies", "imp = beta * neg instead of neg ** beta.")
+detached_weights = _make("detached_weights", "Importance weights detached from the graph.")
+clamp_without_M = _make("clamp_without_M", "Floor e^{-1/t} without the factor M.")
+partner_in_negatives = _make("partner_in_negatives", "The positive partner counted among the negatives.")
+beta_on_cosine = _make("beta_on_cosine", "imp = exp(beta cos) instead of exp(beta cos / t).")
+one_direction = _make("one_direction", "Only z1's rows are anchors.")
+raw_exp = _make("raw_exp", "Raw exp arithmetic (overflows in float32 at small t).")
+no_normalization = _make("no_normalization", "Rows not normalised although normalize=True.")
+
+#: name -> planted wrong implementation
+DEFECTS = {
+    f.__name__: f
+    for f in (
+        pseudocode_mean_neg, beta_multiplies, detached_weights, clamp_without_M, partner_in_negatives,
+        beta_on_cosine, one_direction, raw_exp, no_normalization,
+    )
+}

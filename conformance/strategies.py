@@ -1,0 +1,227 @@
+"""Hypothesis strategies over the spec's whole input space, weighted towards where implementations go wrong.
+
+:func:`cases` draws a :class:`~conformance.cases.Case` inside a :class:`Space` (the options a feature exercises and
+the target supports). Hypothesis draws the *structure* — layout, sizes, geometry, magnitudes, quantisation, the
+hyper-parameters, the regime of tau+ — and a seed from which NumPy fills the arrays, so that examples of 64 x 128
+stay cheap to generate while shrinking still reaches small shapes, simple geometry, coarse values and default
+hyper-parameters (each ``sampled_from`` lists its simplest choice first).
+
+Regimes covered on purpose (spec sections 4-6, docs/conformance.md):
+
+* the clamp binding and not binding: ``aligned`` geometry (near-identical positive pairs) with tau+ up to 0.9,
+  tau+ placed exactly at an anchor's kink (``kink``) and just below the cancellation point Ng = 0 (``cancel``);
+* beta = 0, small (< 0.05), moderate, large (10..100) and inf; temperatures 0.01..10 (both ends included);
+* rows with huge and tiny norms (squares that overflow/underflow the compute dtype; norms below the 1e-12
+  epsilon), zero rows, exact and near duplicates (``duplicates``, ``clustered``, coarse quantisation);
+* B in {1 (with a bank), 2, 3, 4, 8, 16, 64}, d in {1, 2, 3, 8, 32, 128}, K in {1, 2, 5, 16, 64}: a small set of
+  shapes, so that jit-compiling frameworks compile a bounded number of programs;
+* shared and per-anchor banks, labels with 1, 2, 3 or B classes (an anchor may be left with no negatives),
+  every reduction, cotangents other than 1 (a custom VJP that ignores its cotangent fails).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+from hypothesis import strategies as st
+
+from .cases import HUGE, Case, quantize, round_to_dtype
+
+__all__ = ["Space", "cases", "B_SIZES", "D_SIZES", "K_SIZES", "temperatures", "betas", "taus"]
+
+B_SIZES = (2, 3, 4, 8, 16, 64)
+B_SIZES_BANK = (2, 1, 3, 4, 8, 16, 64)
+D_SIZES = (2, 1, 3, 8, 32, 128)
+K_SIZES = (2, 1, 5, 16, 64)
+GEOMETRIES = ("gaussian", "aligned", "clustered", "duplicates", "integer", "zeros")
+SCALES_NORMALIZED = ("unit", "mixed", "huge", "tiny")
+#: log10 ranges of row magnitudes for "huge" / "tiny" rows per input dtype: squares overflow / underflow the
+#: compute dtype while the norm itself stays representable (spec section 2).
+MAGNITUDES = {
+    "float64": {"huge": (160.0, 300.0), "tiny": (-300.0, -13.0)},
+    "float32": {"huge": (20.0, 36.0), "tiny": (-30.0, -13.0)},
+    "bfloat16": {"huge": (20.0, 36.0), "tiny": (-30.0, -13.0)},
+    "float16": {"huge": (1.5, 3.3), "tiny": (-4.0, -2.0)},
+}
+
+
+@dataclass(frozen=True)
+class Space:
+    """The options a strategy may draw (each tuple lists the simplest choice first)."""
+
+    dtype: str = "float64"
+    layouts: Tuple[str, ...] = ("none",)  # "none" (in-batch), "shared", "per_anchor"
+    labels: Tuple[bool, ...] = (False,)
+    estimators: Tuple[str, ...] = ("hard",)
+    clamps: Tuple[bool, ...] = (True,)
+    normalizes: Tuple[bool, ...] = (True,)
+    reductions: Tuple[str, ...] = ("mean",)
+    betas: str = "finite"  # "finite", "inf" or "any"
+    memory_budgets: Tuple[Optional[int], ...] = (None,)
+
+
+def temperatures() -> st.SearchStrategy[float]:
+    """0.01..10, the usual values first (0.5 is the released default)."""
+    return st.one_of(
+        st.sampled_from([0.5, 0.1, 1.0, 0.2, 0.07, 0.01, 0.05, 2.0, 10.0]),
+        st.floats(min_value=0.01, max_value=10.0),
+    )
+
+
+def betas(kind: str = "finite") -> st.SearchStrategy[float]:
+    """beta = 1 (default), 0 (debiased), small, moderate, large (10..100), and inf when allowed."""
+    finite = st.one_of(
+        st.sampled_from([1.0, 0.0, 0.5, 2.0, 6.0]),
+        st.floats(min_value=0.0, max_value=0.05),
+        st.floats(min_value=0.05, max_value=10.0),
+        st.floats(min_value=10.0, max_value=100.0),
+    )
+    if kind == "inf":
+        return st.just(math.inf)
+    if kind == "any":
+        return st.one_of(finite, st.just(math.inf))
+    return finite
+
+
+def taus() -> st.SearchStrategy[float]:
+    """tau+ in [0, 0.9]: 0.1 (default), 0 (no debiasing), 0.5, 0.9, anything between."""
+    return st.one_of(st.sampled_from([0.1, 0.0, 0.5, 0.9]), st.floats(min_value=0.0, max_value=0.9))
+
+
+def _rows(rng: np.random.Generator, geometry: str, noise: float, B: int, d: int, bank_shape):
+    """z1, z2, negatives (float64, not yet scaled or rounded)."""
+    n_bank = int(np.prod(bank_shape[:-1])) if bank_shape else 0
+    if geometry == "integer":
+        draw = lambda *s: rng.integers(-2, 3, size=s).astype(np.float64)  # noqa: E731
+    else:
+        draw = lambda *s: rng.standard_normal(s)  # noqa: E731
+    if geometry == "clustered":
+        centers = rng.standard_normal((int(rng.integers(1, 4)), d))
+        cid = rng.integers(0, len(centers), size=B)
+        z1 = centers[cid] + noise * rng.standard_normal((B, d))
+        z2 = centers[cid] + noise * rng.standard_normal((B, d))
+        bank = centers[rng.integers(0, len(centers), size=n_bank)] + noise * rng.standard_normal((n_bank, d))
+    else:
+        z1 = draw(B, d)
+        z2 = z1 + noise * rng.standard_normal((B, d)) if geometry == "aligned" else draw(B, d)
+        bank = draw(n_bank, d)
+    pool = np.concatenate([z1, z2, bank])
+    if geometry == "duplicates" and len(pool) > 1:
+        k = max(1, len(pool) // 3)
+        pool[rng.integers(0, len(pool), size=k)] = pool[rng.integers(0, len(pool), size=k)]
+    if geometry == "zeros":
+        pool[rng.integers(0, len(pool), size=max(1, len(pool) // 4))] = 0.0
+    z1, z2, bank = pool[:B], pool[B : 2 * B], pool[2 * B :]
+    return z1, z2, (bank.reshape(bank_shape) if bank_shape else None)
+
+
+def _scale(rng, x, mode, dtype, normalize):
+    """Multiply a random half of the rows by magnitudes of the given mode."""
+    if x is None or mode == "unit":
+        return x
+    rows = x.reshape(-1, x.shape[-1])
+    pick = rng.random(len(rows)) < 0.5
+    if mode == "mixed":
+        lo, hi = (-3.0, 3.0) if normalize else (-1.0, 1.0)
+    else:
+        lo, hi = MAGNITUDES[dtype][mode]
+    exps = rng.uniform(lo, hi, size=len(rows))
+    factors = np.where(pick, 10.0 ** exps, 1.0)
+    return (rows * factors[:, None]).reshape(x.shape)
+
+
+def _tau_at(case: Case, mode: str, rng: np.random.Generator, k: int) -> Optional[float]:
+    """tau+ putting one anchor exactly on the clamp's kink ("kink") or just below Ng = 0 ("cancel")."""
+    from .tolerances import anchor_quantities
+
+    q = anchor_quantities(case)
+    t = float(case.params["temperature"])
+    cand = np.flatnonzero(q.has)
+    if len(cand) == 0:
+        return None
+    i = int(cand[rng.integers(0, len(cand))])
+    logM = math.log(int(q.M[i]))
+    with np.errstate(all="ignore"):
+        if mode == "kink":
+            # (R - tau M e^a)/(1 - tau) = M e^{-1/t}  <=>  tau = (R - M e^{-1/t}) / (M e^a - M e^{-1/t})
+            lf = logM - 1.0 / t
+            top = max(q.lr[i], logM + q.a[i], lf)
+            num = math.exp(q.lr[i] - top) - math.exp(lf - top)
+            den = math.exp(logM + q.a[i] - top) - math.exp(lf - top)
+            tau = num / den if den > 0 else None
+        else:
+            tau = math.exp(q.lr[i] - logM - q.a[i]) * (1.0 - 10.0 ** (-k))
+    if tau is None or not math.isfinite(tau) or not (0.0 <= tau <= 0.9):
+        return None
+    return float(tau)
+
+
+@st.composite
+def cases(draw, space: Space) -> Case:
+    """One case inside ``space`` (see the module docstring for what is covered)."""
+    dtype = space.dtype
+    layout = draw(st.sampled_from(space.layouts))
+    labelled = draw(st.sampled_from(space.labels))
+    B = draw(st.sampled_from(B_SIZES if layout == "none" else B_SIZES_BANK))
+    d = draw(st.sampled_from(D_SIZES))
+    K = draw(st.sampled_from(K_SIZES)) if layout != "none" else 0
+    estimator = draw(st.sampled_from(space.estimators))
+    clamp = draw(st.sampled_from(space.clamps))
+    normalize = draw(st.sampled_from(space.normalizes))
+    reduction = draw(st.sampled_from(space.reductions))
+    geometry = draw(st.sampled_from(GEOMETRIES))
+    noise = draw(st.sampled_from([0.1, 1e-3, 0.0, 1.0]))
+    scale = draw(st.sampled_from(SCALES_NORMALIZED if normalize else ("unit", "mixed")))
+    bits = draw(st.sampled_from([3, 8, None]))
+    temperature = draw(temperatures())
+    beta = draw(betas(space.betas))
+    tau_mode = draw(st.sampled_from(["drawn", "kink", "cancel"])) if estimator == "hard" else "drawn"
+    tau_plus = draw(taus())
+    cancel_digits = draw(st.sampled_from([2, 5, 10]))
+    classes = draw(st.sampled_from([2, 1, 3, 0])) if labelled else None  # 0: B classes (all distinct)
+    cot_mode = draw(st.sampled_from([1.0, 0.5, -2.0]))
+    memory_budget = draw(st.sampled_from(space.memory_budgets))
+    seed = draw(st.integers(min_value=0, max_value=2**32 - 1))
+
+    rng = np.random.default_rng(seed)
+    bank_shape = None if layout == "none" else ((K, d) if layout == "shared" else (B, K, d))
+    z1, z2, neg = _rows(rng, geometry, noise, B, d, bank_shape)
+    arrays = []
+    for x in (z1, z2, neg):
+        x = _scale(rng, x, scale, dtype, normalize)
+        x = None if x is None else round_to_dtype(quantize(x, bits), dtype)
+        arrays.append(x)
+    z1, z2, neg = arrays
+    # magnitudes were chosen inside the dtype's range; a Gaussian tail can still round to inf: not a valid case
+    if not all(np.all(np.abs(x) <= HUGE[dtype]) for x in arrays if x is not None):
+        from hypothesis import reject
+
+        reject()
+
+    labels = negative_labels = None
+    if labelled:
+        nc = classes or B
+        labels = rng.integers(0, nc, size=B).astype(np.int64)
+        if layout != "none":
+            negative_labels = rng.integers(0, nc, size=bank_shape[:-1]).astype(np.int64)
+    A = 2 * B if layout == "none" else B
+    if reduction == "none":
+        cot = np.asarray(rng.choice([-1.0, 0.0, 0.5, 1.0, 2.0], size=A), dtype=np.float64)
+    else:
+        cot = float(cot_mode)
+    params = dict(
+        temperature=float(temperature), beta=float(beta), tau_plus=float(tau_plus), estimator=estimator,
+        clamp=bool(clamp), normalize=bool(normalize), reduction=reduction,
+    )
+    extras = {} if memory_budget is None else {"memory_budget": memory_budget}
+    case = Case(z1=z1, z2=z2, negatives=neg, labels=labels, negative_labels=negative_labels, params=params,
+                dtype=dtype, cotangent=cot, extras=extras,
+                origin=dict(geometry=geometry, noise=noise, scale=scale, bits=bits, tau_mode=tau_mode, seed=seed))
+    if tau_mode != "drawn" and (tau_mode == "cancel" or clamp):
+        tau = _tau_at(case, tau_mode, rng, cancel_digits)
+        if tau is not None:
+            case.params["tau_plus"] = tau
+    return case

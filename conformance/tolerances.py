@@ -1,0 +1,498 @@
+r"""Tolerances per example, derived from the dtype's unit roundoff and the example's conditioning.
+
+Nothing here is tuned: every tolerance is a first-order forward error bound (Higham, *Accuracy and Stability of
+Numerical Algorithms*, 2nd ed., ch. 3) of an implementation that follows the spec's recipe (normalise, matrix
+products, log-space sums, closed-form or automatic gradient), evaluated at the example, plus the same bound for the
+float64 reference, plus the rounding of the returned result to the output dtype. A target passes a check when
+``|target - reference| <= tolerance`` elementwise; the report quotes ``max |target - reference| / tolerance``.
+
+Notation
+--------
+``u``   unit roundoff of the compute dtype plus that of the reference: ``u = u_c + 2^-53`` where ``u_c`` is
+        ``2^-24`` for float32, float16 and bfloat16 (halves compute in float32, spec) and ``2^-53`` for float64.
+``u_o`` unit roundoff of the output dtype (``2^-11`` float16, ``2^-8`` bfloat16, else ``u_c``).
+For anchor ``i``: logits ``s_ij`` (negatives ``j``), positive logit ``a_i``, ``M_i`` negatives,
+``L_i = max(|a_i|, max_j |s_ij|)`` the logit magnitude, ``d`` the feature dimension, ``t`` the temperature,
+``beta_f`` = beta for the hard estimator with finite beta and 0 otherwise,
+``p1 = softmax((1+beta) s)``, ``p0 = softmax(beta s)`` over the negatives, ``w = (1+beta) p1 - beta p0``
+(``dl/ds_ij = rho_i w_ij``), ``rho_i = R_i / ((1-tau+) D_i)`` (0 when the clamp binds), ``da_i = dl/da_i``.
+
+1. Logits.  With normalisation, each computed coordinate of ``u = z / ||z||`` has relative error
+   ``<= (d+3) u`` (sum of squares ``gamma_d``, square root, scaling and division); a dot product of two such rows
+   adds ``gamma_d sum_k |u_ik u_jk| <= d u ||u_i|| ||u_j||`` (Cauchy-Schwarz), and dividing by ``t`` one more
+   ``u``.  Hence every logit of anchor ``i`` is off by at most
+
+       eps_s,i = (3d + 7) u P_i / t            (normalize=False: (d + 2) u P_i / t)
+
+   with ``P_i = ||u_i|| max_j ||u_j||`` over the anchor's candidates (1 for unit rows).
+
+2. Log-domain arithmetic.  ``log R = log M + m + log S1 - log S0`` with ``S1 = sum exp((1+beta)(s-m))``:
+   forming an exponent ``(1+beta) s`` (or ``(1+beta)(s - m)``) costs ``u (1+beta) 2L`` absolutely, the sum
+   ``gamma_M`` relatively, and each addition of logs ``u`` times the magnitudes involved.  Collecting the
+   magnitudes of every log-domain quantity of the recipe (log M, m, log R, log tau+, a, log Ng, log D, the
+   floor log M - 1/t):
+
+       A_i = (1 + 2 beta_f) 2 L_i + 2 (M_i + 2) + 2|log M_i| + 2|m_i| + 2|log R_i| + |log tau+| + |a_i|
+             + |log Ng_i| + 2|log D_i| + |log M_i - 1/t| + 10
+
+   and the absolute error of those quantities is ``u A_i``.
+
+3. Value.  The loss of anchor ``i`` moves by ``kappa_i = |da_i| + rho_i sum_j |w_ij|`` per unit logit error
+   (the l1 norm of its gradient with respect to the logits: this is where ``1/t``, ``beta`` and the
+   debiasing cancellation enter, since ``rho_i`` carries the factor ``1/(1 - e^x)``,
+   ``x = log(tau+ M e^a / R)``).  An error ``delta`` in ``log R`` moves the loss by ``rho_i delta``
+   (``d l / d log R = rho``), one in ``x`` by at most ``rho_i delta`` (``q e^x/(1-e^x) <= rho``), one in
+   ``gamma = log Ng`` or in ``gamma - a`` by ``q_i delta`` with ``q_i = |Ng_i| / D_i`` (the spec evaluates the
+   loss as ``softplus(gamma - a)``, whose slope is ``q``; ``log1mexp(y)`` has slope ``e^y/(1-e^y) = q`` on the
+   ``Ng < 0`` branch), and the final rounding is relative.  So
+
+       E_i = kappa_i eps_s,i + (2 rho_i + q_i) u A_i + 2 u |l_i|.
+
+   A small loss is thus checked to relative accuracy: an implementation that forms ``log D - a`` (losing the
+   digits of a loss below the rounding of ``a``, spec section 5) does not conform.
+
+   "mean" adds summation ``(A+1) u sum|l_i| / A`` to ``sum E_i / A``, "sum" the same without ``/A``, "none"
+   keeps ``E_i + u |l_i|`` per anchor. The returned value then carries ``u_o |value| + tiny_o``
+   (rounding to the output dtype; ``tiny_o`` the smallest normal, for flush-to-zero).
+
+4. Gradients.  Relative error of ``rho_i``: ``eta_i = (1 + sum_j|w_ij|) eps_s,i + u A_i + E_i``
+   (``rho = exp(log R - log(1-tau+) - log D)``).  Relative error of ``p1_j``, ``p0_j``:
+   ``theta_i = 2 (1 + beta_f)(2 eps_s,i + 2 u L_i) + 2 u (M_i + 2)`` (0 for beta = inf: ``w`` is then piecewise
+   constant).  The gradient matrix ``G`` (``G_ij = c_i rho_i w_ij``, ``G_i,p(i) = c_i da_i``, ``c_i`` the
+   cotangent weight of anchor ``i``: ``cot/A`` for mean, ``cot`` for sum, ``cot_i`` for none) is then off by
+
+       dG_ij <= |c_i| rho_i (|w_ij| eta_i + ((1+beta) p1_j + beta p0_j) theta_i + 3 u |w_ij|)
+       dG_ip <= |c_i| |da_i| (eta_i + 2u).
+
+   ``gU = (G + G^T) U / t`` (a bank: ``G V / t``, ``G^T u1 / t``) is bounded elementwise with absolute values,
+   ``H = |G| + |G|^T``:  ``dgU <= (dH |U| + u (n + 2 + c_U) H |U|) / t`` with ``c_U = d + 3`` under
+   normalisation (the rows' own error) and 0 without.  Through the normalisation's backward
+   ``g_z = (g_U - u (u . g_U)) / max(||z||, 1e-12)``, with ``P(v) = v + |u| (|u| . v)``:
+
+       dg_z <= [P(dgU) + (2d + 7) u P'(|gU|bound)] / max(||z||, 1e-12)  +  (n + d + 2) tiny_c / max(||z||, eps)
+
+   (``P'(v) = v + 2|u|(|u| . v)``; the last term covers flush-to-zero of float32 intermediates, as does an
+   absolute ``tiny_c (1 + |c_i|)`` on every entry of ``G``).  The returned gradient carries ``u_o |g| + tiny_o``.
+
+5. Where the gradient is not defined by the inputs' bits.  These are not excluded; only the contribution that is
+   genuinely ambiguous gets slack:
+
+   * the clamp's kink: anchor ``i`` whose ``|log Ng_i - (log M_i - 1/t)|`` is within the error of that difference,
+     ``mu_i = (1 + 2 e^x/(1-e^x)) ((1 + sum|w|) eps_s + u A_i) + u (|log Ng| + |log M| + 1/t + 2)``, may take
+     either branch in the target's arithmetic.  The gradient is compared against the reference on *each*
+     assignment of branches to those anchors (:attr:`Bounds.alternatives`; up to 4 such anchors, 16
+     assignments) and passes if one matches: it is compared on the branch the implementation chose (spec
+     section 11).  With more than 4 such anchors each gets slack equal to the difference of its two branches'
+     contributions.  The loss gets ``q_i mu_i`` (softplus is 1-Lipschitz with slope ``q``).  Anchors clearly on
+     either side are compared exactly as usual, so the clamp-binding regime is fully checked.
+   * beta = inf: an anchor whose maximum is shared (ties) or has a runner-up within ``2 eps_s + 2u(|m|+1)``
+     may split its weight differently; slack ``|c_i| rho_i`` on those candidates.  Exact ties of exactly
+     computable logits (the suite's "exact" geometry) get no slack: there the even split is checked.
+   * clamp=False near ``D = 0``: when ``y = log(N'/((1-tau+) e^a))`` is within its error of 0 the spec's value is
+     NaN on one side and finite on the other; such examples are skipped (reported as ill-posed).
+   * first order no longer valid: an anchor with ``eta_i > 1/8`` (so ill-conditioned that its gradient is not
+     determined to 12%) gets its whole gradient row as slack; it is counted in the report.
+
+The bound is worst case (``gamma_n`` grows like ``n``, rounding errors rarely align): an honest float32 target
+typically sits at a few percent of it, while each planted defect in :mod:`conformance.defects` exceeds it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Optional
+
+import numpy as np
+
+from .cases import COMPUTE_DTYPE, HUGE, OUTPUT_ROUNDOFF, TINY, UNIT_ROUNDOFF, Case
+
+__all__ = ["Bounds", "bounds", "anchor_quantities", "AnchorQuantities"]
+
+_U64 = 2.0**-53
+NORM_EPS = 1e-12
+ILL_CONDITIONED = 0.125
+MAX_BRANCH_ENUMERATION = 4
+
+
+@dataclass
+class AnchorQuantities:
+    """Float64 per-anchor quantities of the spec (the same math as the reference, kept for error analysis)."""
+
+    S: np.ndarray  # (A, C) logits
+    mask: np.ndarray  # (A, C) negatives
+    a: np.ndarray  # (A,) positive logits
+    M: np.ndarray  # (A,) negatives per anchor
+    has: np.ndarray  # M > 0
+    m: np.ndarray  # max logit over the negatives
+    L: np.ndarray  # logit magnitude
+    P: np.ndarray  # ||u_i|| max_j ||u_j||
+    w: np.ndarray  # (A, C) d log R / d s
+    wabs: np.ndarray  # (1+beta) p1 + beta p0
+    lr: np.ndarray  # log R
+    x: np.ndarray  # log(tau+ M e^a / R)
+    gu: np.ndarray  # log of the unclamped Ng (-inf when Ng <= 0)
+    lf: np.ndarray  # log M - 1/t
+    floor: np.ndarray  # clamp binds
+    logD: np.ndarray
+    loss: np.ndarray
+    q: np.ndarray  # |Ng| / D, the slope of the loss in gamma - a
+    rho: np.ndarray
+    da: np.ndarray
+    y: np.ndarray  # clamp=False, Ng <= 0 branch: log of N'/((1-tau+) e^a); D <= 0 when y >= 0
+    beta_eff: float
+    tau_eff: float
+    clamp_eff: bool
+
+
+@dataclass
+class Bounds:
+    """Tolerances of one example (absolute, elementwise; same shapes as the reference's outputs)."""
+
+    value: np.ndarray
+    grads: Dict[str, np.ndarray] = field(default_factory=dict)
+    ill_posed: bool = False  # clamp=False with an anchor on the D = 0 boundary: not compared
+    kink_anchors: int = 0
+    tie_anchors: int = 0
+    ill_conditioned: int = 0
+    #: gradient changes, one per kink anchor, that flip its branch; any subset may be applied (see section 5)
+    alternatives: list = field(default_factory=list)
+
+
+def _log1mexp(x):
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > -math.log(2.0), np.log(-np.expm1(x)), np.log1p(-np.exp(x)))
+
+
+def _normalize(z: np.ndarray, normalize: bool):
+    """Rows used by the math, their divisors N = max(||z||, eps) (None without normalisation)."""
+    if not normalize:
+        return z, None
+    scale = np.max(np.abs(z), axis=-1, keepdims=True)
+    safe = np.where(scale > 0, scale, 1.0)
+    n = scale * np.sqrt(np.sum((z / safe) ** 2, axis=-1, keepdims=True))
+    N = np.maximum(n, NORM_EPS)
+    return z / N, N
+
+
+def _norm_backward(g: np.ndarray, u: np.ndarray, N: Optional[np.ndarray]) -> np.ndarray:
+    """Exact float64 backward of the normalisation (spec section 8)."""
+    if N is None:
+        return g
+    radial = np.sum(g * u, axis=-1, keepdims=True)
+    return np.where(N > NORM_EPS, (g - u * radial) / N, g / NORM_EPS)
+
+
+def _backprop(lay: dict, case: Case, Gneg: np.ndarray, gpos: np.ndarray) -> Dict[str, np.ndarray]:
+    """Gradient with respect to the inputs of logit cotangents (Gneg on the candidates, gpos on the positives)."""
+    t = float(case.params["temperature"])
+    if lay["kind"] == "none":
+        n = Gneg.shape[0]
+        G = Gneg.copy()
+        G[np.arange(n), lay["partner"]] += gpos
+        gz = _norm_backward((G + G.T) @ lay["U"] / t, lay["U"], lay["N"])
+        B = n // 2
+        return {"z1": gz[:B], "z2": gz[B:]}
+    u1, u2, V = lay["u1"], lay["u2"], lay["V"]
+    if V.ndim == 2:
+        g1, gV = Gneg @ V, Gneg.T @ u1
+    else:
+        g1, gV = np.einsum("bk,bkd->bd", Gneg, V), Gneg[:, :, None] * u1[:, None, :]
+    return {
+        "z1": _norm_backward((g1 + gpos[:, None] * u2) / t, u1, lay["N1"]),
+        "z2": _norm_backward(gpos[:, None] * u1 / t, u2, lay["N2"]),
+        "negatives": _norm_backward(gV / t, V, lay["NV"]),
+    }
+
+
+def _layout(case: Case):
+    p = case.params
+    t = float(p["temperature"])
+    B = case.z1.shape[0]
+    if case.negatives is None:
+        Z = np.concatenate([case.z1, case.z2])
+        U, N = _normalize(Z, p["normalize"])
+        n = 2 * B
+        S = U @ U.T / t
+        idx = np.arange(n)
+        partner = (idx + B) % n
+        a = S[idx, partner]
+        mask = np.ones((n, n), dtype=bool)
+        mask[idx, idx] = False
+        mask[idx, partner] = False
+        if case.labels is not None:
+            lab = np.concatenate([case.labels, case.labels])
+            mask &= lab[:, None] != lab[None, :]
+        nu = np.linalg.norm(U, axis=1)
+        cand = np.where(mask, nu[None, :], 0.0).max(axis=1, initial=0.0)
+        P = nu * np.maximum(cand, nu[partner])
+        return dict(kind="none", U=U, N=N, S=S, a=a, mask=mask, P=P, partner=partner)
+    u1, N1 = _normalize(case.z1, p["normalize"])
+    u2, N2 = _normalize(case.z2, p["normalize"])
+    V, NV = _normalize(case.negatives, p["normalize"])
+    a = np.sum(u1 * u2, axis=1) / t
+    if case.negatives.ndim == 2:
+        S = u1 @ V.T / t
+        nv = np.broadcast_to(np.linalg.norm(V, axis=1)[None, :], S.shape)
+    else:
+        S = np.einsum("bd,bkd->bk", u1, V) / t
+        nv = np.linalg.norm(V, axis=2)
+    mask = np.ones(S.shape, dtype=bool)
+    if case.labels is not None:
+        nl = case.negative_labels if case.negatives.ndim == 3 else case.negative_labels[None, :]
+        mask &= case.labels[:, None] != nl
+    n1, n2 = np.linalg.norm(u1, axis=1), np.linalg.norm(u2, axis=1)
+    P = n1 * np.maximum(np.where(mask, nv, 0.0).max(axis=1, initial=0.0), n2)
+    return dict(kind="bank", u1=u1, u2=u2, V=V, N1=N1, N2=N2, NV=NV, S=S, a=a, mask=mask, P=P)
+
+
+def anchor_quantities(case: Case, lay: Optional[dict] = None) -> AnchorQuantities:
+    """Per-anchor quantities of the spec in float64 (the inputs must be finite)."""
+    lay = lay or _layout(case)
+    p = case.params
+    t = float(p["temperature"])
+    beta, tau, clamp = float(p["beta"]), float(p["tau_plus"]), bool(p["clamp"])
+    if p["estimator"] == "easy":
+        beta, tau, clamp = 0.0, 0.0, False
+    S, mask, a = lay["S"], lay["mask"], lay["a"]
+    M = mask.sum(axis=1)
+    has = M > 0
+    Mf = np.where(has, M, 1).astype(np.float64)
+    logM = np.log(Mf)
+    with np.errstate(all="ignore"):
+        Sm = np.where(mask, S, -np.inf)
+        m = np.where(has, Sm.max(axis=1, initial=-np.inf), 0.0)
+        L = np.maximum(np.abs(a), np.where(mask, np.abs(S), 0.0).max(axis=1, initial=0.0))
+        dd = np.where(mask, S - m[:, None], -np.inf)
+        if math.isinf(beta):
+            top = mask & (dd == 0.0)
+            w = top / np.maximum(top.sum(axis=1, keepdims=True), 1)
+            wabs = w
+            lr = logM + m
+        else:
+            e1 = np.where(mask, np.exp((1.0 + beta) * dd), 0.0)
+            e0 = np.where(mask, np.exp(beta * dd), 0.0)
+            S1 = np.where(has, e1.sum(axis=1), 1.0)
+            S0 = np.where(has, e0.sum(axis=1), 1.0)
+            p1, p0 = e1 / S1[:, None], e0 / S0[:, None]
+            w = (1.0 + beta) * p1 - beta * p0
+            wabs = (1.0 + beta) * p1 + beta * p0
+            lr = logM + m + np.log(S1) - np.log(S0)
+        log1m_tau = math.log1p(-tau)
+        x = (math.log(tau) + logM + a - lr) if tau > 0 else np.full(len(a), -np.inf)
+        ngpos = x < 0
+        gu = np.where(ngpos, lr + _log1mexp(np.minimum(x, 0.0)) - log1m_tau, -np.inf)
+        lf = logM - 1.0 / t
+        y = np.full(len(a), -np.inf)
+        if clamp:
+            floor = gu < lf
+            g = np.where(floor, lf, gu)
+            loss = np.logaddexp(0.0, g - a)
+            qq = np.exp(g - a - loss)
+            rho = np.where(floor, 0.0, np.exp(lr - log1m_tau - a - loss))
+            da = np.where(floor, -qq, -rho)
+        else:
+            floor = np.zeros(len(a), dtype=bool)
+            if tau > 0:
+                y = math.log(tau) + logM + _log1mexp(-np.maximum(x, 0.0)) - log1m_tau
+            y = np.where(ngpos, -np.inf, y)
+            neg_branch = np.where(y < 0, _log1mexp(np.minimum(y, 0.0)), np.nan)
+            loss = np.where(ngpos, np.logaddexp(0.0, gu - a), neg_branch)
+            qq = np.where(ngpos, np.exp(gu - a - loss), np.exp(y - loss))
+            rho = np.exp(lr - log1m_tau - a - loss)
+            da = -rho
+        logD = a + loss
+    z = lambda v: np.where(has, v, 0.0)  # noqa: E731
+    return AnchorQuantities(
+        S=S, mask=mask, a=a, M=M, has=has, m=z(m), L=z(L), P=z(lay["P"]), w=np.where(has[:, None], w, 0.0),
+        wabs=np.where(has[:, None], wabs, 0.0), lr=z(lr), x=x, gu=gu, lf=lf, floor=floor & has, logD=z(logD),
+        loss=z(loss), q=z(qq), rho=z(rho), da=z(da), y=y, beta_eff=beta, tau_eff=tau, clamp_eff=clamp,
+    )
+
+
+def _cot_weights(case: Case, signed: bool = True) -> np.ndarray:
+    """Per-anchor weight of the cotangent: cot/A (mean), cot (sum), cot_i (none)."""
+    A = case.n_anchors
+    red = case.params["reduction"]
+    if red == "none":
+        return np.asarray(case.cotangent, dtype=np.float64).reshape(A).copy()
+    return np.full(A, float(case.cotangent) / (A if red == "mean" else 1))
+
+
+def _fin(v):
+    return np.where(np.isfinite(v), np.abs(v), 0.0)
+
+
+def _proj(ua: np.ndarray, v: np.ndarray, k: float = 1.0) -> np.ndarray:
+    """v + k |u| (|u| . v), row-wise: the absolute-value form of v - u (u . v)."""
+    return v + k * ua * np.sum(ua * v, axis=-1, keepdims=True)
+
+
+def _norm_back(dgu, gabs, u, N, normalize, d, u_r, tiny_c, n_terms):
+    if not normalize:
+        return dgu + (n_terms + d + 2) * tiny_c
+    ua = np.abs(u)
+    out = (_proj(ua, dgu) + (2 * d + 7) * u_r * _proj(ua, gabs, 2.0)) / N
+    return out + (n_terms + d + 2) * tiny_c / N
+
+
+def bounds(case: Case, reference_value=None, reference_grads=None, want_grad: bool = True) -> Bounds:
+    """Tolerances (absolute, elementwise) for comparing a target with the reference on ``case``.
+
+    ``reference_value``/``reference_grads`` (from :meth:`Case.reference`) add the output-dtype rounding of the
+    reference's magnitudes; they are recomputed when omitted.
+    """
+    if reference_value is None:
+        reference_value, reference_grads = case.reference(want_grad)
+    dtype = case.dtype
+    u = UNIT_ROUNDOFF[dtype] + _U64
+    u_o, tiny_o = OUTPUT_ROUNDOFF[dtype], TINY[dtype]
+    tiny_c = TINY[COMPUTE_DTYPE[dtype]]
+    p = case.params
+    t = float(p["temperature"])
+    d = case.z1.shape[1]
+    A = case.n_anchors
+
+    lay = _layout(case)
+    q = anchor_quantities(case, lay)
+    beta_f = 0.0 if math.isinf(q.beta_eff) else q.beta_eff
+    c_s = (3 * d + 7) if p["normalize"] else (d + 2)
+    eps_s = c_s * u * q.P / t
+    sw = np.abs(q.w).sum(axis=1)
+    with np.errstate(all="ignore"):
+        logtau = abs(math.log(q.tau_eff)) if q.tau_eff > 0 else 0.0
+        logM = np.log(np.maximum(q.M, 1))
+        Ai = (
+            (1 + 2 * beta_f) * 2 * q.L + 2 * (q.M + 2) + 2 * logM + 2 * np.abs(q.m) + 2 * _fin(q.lr) + logtau
+            + np.abs(q.a) + _fin(q.gu) + 2 * _fin(q.logD) + np.abs(q.lf) + 10
+        )
+        kappa = np.abs(q.da) + q.rho * sw
+        E = kappa * eps_s + (2 * q.rho + q.q) * u * Ai + 2 * u * np.abs(q.loss)
+        dlog = (1 + sw) * eps_s + u * Ai
+        ex = np.where(np.isfinite(q.x) & (q.x < 0), np.exp(np.minimum(q.x, 0.0)), 0.0)
+        cx = ex / np.maximum(-np.expm1(np.minimum(q.x, -1e-300)), 1e-300)
+        mu = (1 + 2 * cx) * dlog + u * (_fin(q.gu) + logM + 1 / t + 2)
+        kink = q.has & q.clamp_eff & np.isfinite(q.gu) & (np.abs(q.gu - q.lf) <= mu)
+        E = np.where(kink, E + q.q * mu, E)
+
+        # clamp=False near D = 0: NaN on one side, finite on the other.
+        dy = (1 + 1 / np.maximum(np.abs(np.expm1(np.where(np.isfinite(q.x), q.x, 0.0))), 1e-300)) * dlog
+        ill_posed = bool(np.any(q.has & np.isfinite(q.y) & (np.abs(q.y) <= 2 * dy + u)))
+        ill_posed |= bool(np.any(q.has & ~q.clamp_eff & np.isfinite(q.x) & (np.abs(q.x) <= 2 * dlog)
+                                 & (q.y >= -4 * dy - u)))
+        E = np.where(q.has, E, 0.0)
+
+    loss = np.where(q.has, q.loss, 0.0)
+    red = p["reduction"]
+    if red == "none":
+        vtol = E + u * np.abs(loss)
+    else:
+        tot = E.sum() + u * (A + 1) * np.abs(loss).sum()
+        vtol = np.asarray(tot / A if red == "mean" else tot)
+    rv = np.asarray(reference_value, dtype=np.float64)
+    vtol = vtol + u_o * _fin(rv) + tiny_o
+    out = Bounds(value=np.asarray(vtol, dtype=np.float64), ill_posed=ill_posed, kink_anchors=int(kink.sum()))
+    if not want_grad:
+        return out
+
+    c = np.abs(_cot_weights(case))
+
+    eta = dlog + eps_s + E
+    theta = 0.0 if math.isinf(q.beta_eff) else 2 * (1 + beta_f) * (2 * eps_s + 2 * u * q.L) + 2 * u * (q.M + 2)
+    theta = np.broadcast_to(np.asarray(theta, dtype=np.float64), (A,))
+    crho = (c * q.rho)[:, None]
+    Gabs = crho * np.abs(q.w)
+    dG = crho * (np.abs(q.w) * eta[:, None] + q.wabs * (theta[:, None] + 3 * u))
+    Pabs = c * np.abs(q.da)
+    dP = Pabs * (eta + 2 * u)
+    # a per-anchor factor (rho, da, G_ij) below the smallest normal may be flushed to zero
+    dG = dG + np.where(q.mask & q.has[:, None], tiny_c * (1 + c)[:, None], 0.0)
+    dP = dP + np.where(q.has, tiny_c * (1 + c), 0.0)
+
+    # kink: the target may be on either branch; compare on each assignment (few anchors) or give slack (many)
+    alternatives = []
+    if kink.any():
+        with np.errstate(all="ignore"):
+            log1m = math.log1p(-q.tau_eff)
+            rho_u = np.exp(q.lr - log1m - q.a - np.logaddexp(0.0, q.gu - q.a))
+            da_f = -np.exp(q.lf - q.a - np.logaddexp(0.0, q.lf - q.a))
+        if kink.sum() <= MAX_BRANCH_ENUMERATION:
+            csigned = _cot_weights(case, signed=True)
+            for i in np.flatnonzero(kink):
+                sign = 1.0 if q.floor[i] else -1.0  # floor -> unclamped adds rho_u w; unclamped -> floor removes it
+                Gn = np.zeros_like(q.w)
+                Gn[i] = sign * csigned[i] * rho_u[i] * q.w[i]
+                gp = np.zeros(A)
+                gp[i] = sign * csigned[i] * (-rho_u[i] - da_f[i])
+                alternatives.append(_backprop(lay, case, Gn, gp))
+        else:
+            dG = dG + np.where(kink[:, None], (c * rho_u)[:, None] * np.abs(q.w), 0.0)
+            dP = dP + np.where(kink, c * np.abs(-rho_u - da_f), 0.0)
+    # beta = inf: shared or nearly shared maxima
+    n_tie = 0
+    if math.isinf(q.beta_eff):
+        gap = q.m[:, None] - q.S
+        margin = 2 * eps_s + 2 * u * (np.abs(q.m) + 1)
+        near = q.mask & (gap <= margin[:, None])
+        amb = near.sum(axis=1) > 1
+        if case.origin.get("exact_ties"):
+            amb = near.sum(axis=1) > (q.mask & (gap == 0)).sum(axis=1)
+        amb &= q.has
+        n_tie = int(amb.sum())
+        dG = dG + np.where(amb[:, None] & near, crho, 0.0)
+    # first-order analysis no longer valid
+    ill = q.has & (eta > ILL_CONDITIONED)
+    dG = dG + np.where(ill[:, None], Gabs, 0.0)
+    dP = dP + np.where(ill, Pabs, 0.0)
+    out.tie_anchors, out.ill_conditioned = n_tie, int(ill.sum())
+
+    rg = reference_grads
+    grads: Dict[str, np.ndarray] = {}
+    normalize = bool(p["normalize"])
+    c_U = (d + 3) if normalize else 0
+    if lay["kind"] == "none":
+        n = A
+        B = n // 2
+        idx = np.arange(n)
+        G = Gabs.copy()
+        DG = dG.copy()
+        G[idx, lay["partner"]] += Pabs
+        DG[idx, lay["partner"]] += dP
+        H, dH = G + G.T, DG + DG.T
+        Ua = np.abs(lay["U"])
+        gabs = H @ Ua / t
+        dgu = (dH @ Ua + u * (n + 2 + c_U) * (H @ Ua)) / t
+        gz = _norm_back(dgu, gabs, lay["U"], lay["N"], normalize, d, u, tiny_c, n)
+        grads["z1"], grads["z2"] = gz[:B], gz[B:]
+    else:
+        K = q.S.shape[1]
+        u1a, u2a, Va = np.abs(lay["u1"]), np.abs(lay["u2"]), np.abs(lay["V"])
+        shared = case.negatives.ndim == 2
+        if shared:
+            gv1, dv1 = Gabs @ Va, dG @ Va
+            gVa, dVa = Gabs.T @ u1a, dG.T @ u1a
+        else:
+            gv1, dv1 = np.einsum("bk,bkd->bd", Gabs, Va), np.einsum("bk,bkd->bd", dG, Va)
+            gVa, dVa = Gabs[:, :, None] * u1a[:, None, :], dG[:, :, None] * u1a[:, None, :]
+        g1 = (gv1 + Pabs[:, None] * u2a) / t
+        d1 = (dv1 + dP[:, None] * u2a + u * (K + 2 + c_U) * (gv1 + Pabs[:, None] * u2a)) / t
+        g2 = Pabs[:, None] * u1a / t
+        d2 = (dP[:, None] * u1a + u * (2 + c_U) * Pabs[:, None] * u1a) / t
+        gV = gVa / t
+        dV = (dVa + u * ((A if shared else 1) + 2 + c_U) * gVa) / t
+        grads["z1"] = _norm_back(d1, g1, lay["u1"], lay["N1"], normalize, d, u, tiny_c, K + 1)
+        grads["z2"] = _norm_back(d2, g2, lay["u2"], lay["N2"], normalize, d, u, tiny_c, 1)
+        grads["negatives"] = _norm_back(dV, gV, lay["V"], lay["NV"], normalize, d, u, tiny_c, A)
+    for k in list(grads):
+        ref = getattr(rg, k) if rg is not None else None
+        extra = u_o * _fin(ref) if ref is not None else 0.0
+        grads[k] = grads[k] + extra + tiny_o
+    out.grads = grads
+    out.alternatives = alternatives
+    return out
+
+
+def representable(ref: np.ndarray, dtype: str) -> np.ndarray:
+    """Where a float64 result fits the output dtype (there the target must be finite)."""
+    return np.abs(np.asarray(ref, dtype=np.float64)) <= HUGE[dtype] * (1 - OUTPUT_ROUNDOFF[dtype])

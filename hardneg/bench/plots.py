@@ -1,0 +1,63 @@
+"""PNG figures of a benchmark run: time and memory against batch size, log-log, one line per implementation.
+
+Uses matplotlib's Agg backend (no display needed); imported only when plots are written.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List
+
+__all__ = ["write_plots"]
+
+_STYLE = {"backend": "-", "naive": "--", "floor": ":", "external": "-.", "custom": "-"}
+
+
+def _figure(data: dict, estimator: str, metric: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [m for m in data["measurements"] if m["estimator"] == estimator and m["status"] == "ok"]
+    if metric == "memory":
+        rows = [m for m in rows if m["kind"] != "floor"]  # the floor's memory is not a target
+    dtypes = list(dict.fromkeys(m["dtype"] for m in rows))
+    fig, axes = plt.subplots(1, max(1, len(dtypes)), figsize=(6.0 * max(1, len(dtypes)), 4.5), squeeze=False)
+    s = data["settings"]
+    for ax, dtype in zip(axes[0], dtypes):
+        lines: Dict[str, List[dict]] = {}
+        for m in rows:
+            if m["dtype"] == dtype:
+                lines.setdefault(m["impl"], []).append(m)
+        for impl, pts in lines.items():
+            pts.sort(key=lambda m: m["batch"])
+            xs = [m["batch"] for m in pts]
+            if metric == "time":
+                ys = [m["median_s"] for m in pts]
+            else:
+                ys = [max(m["extra_bytes"], 1) / 2**20 for m in pts]  # log axis: clip the noise floor at 1 byte
+            ax.plot(xs, ys, _STYLE.get(pts[0]["kind"], "-"), marker="o", label=impl)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch B (pairs)")
+        ax.set_ylabel("forward+backward time per step (s)" if metric == "time"
+                      else f"peak memory above B={s['small_batch']} run (MiB)")
+        ax.set_title(f"{dtype}, estimator={estimator}, d={s['dim']}, {s['device']}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_plots(data: dict, out_dir: str) -> List[str]:
+    """Write ``time_<estimator>.png`` and ``memory_<estimator>.png`` into ``out_dir``; return their paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for est in dict.fromkeys(m["estimator"] for m in data["measurements"]):
+        for metric in ("time", "memory"):
+            path = os.path.join(out_dir, f"{metric}_{est}.png")
+            _figure(data, est, metric, path)
+            paths.append(path)
+    return paths

@@ -1,0 +1,255 @@
+"""Blocked evaluation: walk the anchors in blocks of rows with ``lax.scan``; no (A x C) array is ever live.
+
+Each block of ``R`` anchors forms its (R, C) similarities against all candidates with one matrix product,
+runs :func:`hardneg_jax.rows.block_rows` on them and, for the gradient, pushes the block's dloss/ds back onto
+the rows (spec section 8):
+
+in-batch     gU[I] += G_I U,  gU += G_I^T U_I       (G is never formed beyond the block)
+shared bank  gu1[I] += G_I V, gV += G_I^T u1_I
+per anchor   gu1[I] += G_I V_I (batched), gV[I] = G_I (x) u1_I
+
+The last block starts at ``A - R`` (so every slice is in bounds and nothing is padded); its rows that the
+previous block already covered are masked out (no negatives: zero loss, zero gradient).
+
+Live memory per block is about ``LIVE_ROWS`` arrays of shape (R, C) in the compute dtype, so
+:func:`rows_per_block` picks R from the memory budget; the carried accumulators (gradients of the rows)
+are the size of the inputs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .rows import Needs, Statics, block_rows
+
+__all__ = ["DEFAULT_MEMORY_BUDGET", "LIVE_ROWS", "rows_per_block", "Inputs", "PassOut", "run_pass"]
+
+#: Default transient working memory of the blocked computation, in bytes (``memory_budget=None``).
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+#: (R, C) compute-dtype arrays live at once in a block (similarities, two exponentials, gradient, XLA temporaries).
+LIVE_ROWS = 8
+
+
+def rows_per_block(n_anchors: int, n_cols: int, itemsize: int, budget: Optional[int], per_row_extra: int = 0) -> int:
+    """Anchor rows per block so that the block's working set fits ``budget`` bytes.
+
+    Parameters
+    ----------
+    n_anchors : A, anchors to walk.
+    n_cols : C, candidates per anchor.
+    itemsize : bytes of the compute dtype.
+    budget : bytes, or None for :data:`DEFAULT_MEMORY_BUDGET`.
+    per_row_extra : further bytes per anchor row (a per-anchor bank's slice and gradient).
+
+    Returns
+    -------
+    int in [1, A]; a multiple of 8 when smaller than A and at least 8.
+    """
+    budget = DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
+    per_row = n_cols * (LIVE_ROWS * itemsize + 1) + per_row_extra  # + 1: the boolean mask
+    rows = max(1, min(n_anchors, budget // max(per_row, 1)))
+    if 8 <= rows < n_anchors:
+        rows -= rows % 8
+    return int(rows)
+
+
+class Inputs(NamedTuple):
+    """Normalised rows of one evaluation, in the compute dtype.
+
+    in-batch: ``U`` (n, d) = [u(z1); u(z2)] over the whole (gathered) batch; ``anchors`` (A,) int32 global row
+    of each local anchor (z1 rows then z2 rows); ``lab`` (n,) labels or None.
+    bank: ``U`` = u1 (B, d), ``U2`` = u2 (B, d), ``V`` (K, d) or (B, K, d); ``lab`` (B,), ``nlab`` (K,) or (B, K).
+    """
+
+    U: jax.Array
+    U2: Optional[jax.Array] = None
+    V: Optional[jax.Array] = None
+    anchors: Optional[jax.Array] = None
+    lab: Optional[jax.Array] = None
+    nlab: Optional[jax.Array] = None
+    half: int = 0  # in-batch: B (global pairs), so that partner(i) = (i + B) mod 2B
+
+
+class PassOut(NamedTuple):
+    """Per-anchor losses and, for a gradient pass, the cotangent-weighted gradients.
+
+    loss : (A,) per-anchor loss.
+    gU, gU2, gV : gradients w.r.t. ``Inputs.U``, ``U2``, ``V`` (None where absent or not computed).
+    g_t, g_beta, g_tau : scalars or None.
+    """
+
+    loss: jax.Array
+    gU: Optional[jax.Array] = None
+    gU2: Optional[jax.Array] = None
+    gV: Optional[jax.Array] = None
+    g_t: Optional[jax.Array] = None
+    g_beta: Optional[jax.Array] = None
+    g_tau: Optional[jax.Array] = None
+
+
+def _matmul_nt(x, y):
+    """x (R, d) @ y (C, d)^T -> (R, C)."""
+    return lax.dot_general(x, y, (((1,), (1,)), ((), ())))
+
+
+def _matmul_tn(x, y):
+    """x (R, C)^T @ y (R, d) -> (C, d)."""
+    return lax.dot_general(x, y, (((0,), (0,)), ((), ())))
+
+
+def _block_geometry(st: Statics, n_anchors: int) -> Tuple[int, int]:
+    R = min(st.block, n_anchors)
+    return R, -(-n_anchors // R)
+
+
+def _starts(b, R, A):
+    """Start row of block b (clamped into range) and the mask of rows this block owns."""
+    start = jnp.minimum(b * R, A - R)
+    owned = start + jnp.arange(R) >= b * R
+    return start, owned
+
+
+def run_pass(
+    st: Statics,
+    x: Inputs,
+    t: jax.Array,
+    beta: jax.Array,
+    tau: jax.Array,
+    c: Optional[jax.Array] = None,
+    needs: Needs = Needs(),
+) -> PassOut:
+    """Walk all anchors; the value only (``c is None``) or also the gradients weighted by cotangents ``c`` (A,).
+
+    Returns
+    -------
+    PassOut with gradients w.r.t. the normalised rows (before dividing back through the normalisation).
+    """
+    if st.bank == "none":
+        return _in_batch(st, x, t, beta, tau, c, needs)
+    return _bank(st, x, t, beta, tau, c, needs)
+
+
+def _hp_sums(out, needs, cd):
+    z = jnp.zeros((), cd)
+    return (
+        out.g_t if needs.temperature else z,
+        out.g_beta if needs.beta else z,
+        out.g_tau if needs.tau_plus else z,
+    )
+
+
+def _in_batch(st, x: Inputs, t, beta, tau, c, needs):
+    U, anchors = x.U, x.anchors
+    cd = U.dtype
+    n = U.shape[0]
+    A = anchors.shape[0]
+    half = x.half
+    partner_all = (anchors + half) % n
+    a_all = jnp.sum(U[anchors] * U[partner_all], axis=1) / t
+    R, nb = _block_geometry(st, A)
+    cols = jnp.arange(n, dtype=jnp.int32)
+    grad = c is not None
+    inv_t = 1.0 / t
+
+    def block(carry, b):
+        start, owned = _starts(b, R, A)
+        rows = lax.dynamic_slice(anchors, (start,), (R,))
+        part = (rows + half) % n
+        UI = U[rows]
+        S = _matmul_nt(UI * inv_t, U)
+        mask = (cols[None, :] != rows[:, None]) & (cols[None, :] != part[:, None]) & owned[:, None]
+        if x.lab is not None:
+            mask = mask & (x.lab[None, :] != x.lab[rows][:, None])
+        aI = lax.dynamic_slice(a_all, (start,), (R,))
+        cI = None if not grad else jnp.where(owned, lax.dynamic_slice(c, (start,), (R,)), 0.0)
+        out = block_rows(S, mask, aI, t, beta, tau, st, cI, needs)
+        loss_acc = _add_rows(carry[0], start, out.loss)
+        if not grad:
+            return (loss_acc,), None
+        _, da_acc, gU, gt, gb, gtau = carry
+        da_acc = _add_rows(da_acc, start, out.da)
+        if needs.arrays:
+            gU = gU + _matmul_tn(out.dS, UI)
+            gU = gU.at[rows].add(out.dS @ U)
+        ht, hb, htau = _hp_sums(out, needs, cd)
+        return (loss_acc, da_acc, gU, gt + ht, gb + hb, gtau + htau), None
+
+    z = jnp.zeros((), cd)
+    if not grad:
+        (loss,), _ = lax.scan(block, (jnp.zeros((A,), cd),), jnp.arange(nb))
+        return PassOut(loss)
+    init = (jnp.zeros((A,), cd), jnp.zeros((A,), cd), jnp.zeros_like(U) if needs.arrays else z, z, z, z)
+    (loss, da, gU, gt, gb, gtau), _ = lax.scan(block, init, jnp.arange(nb))
+    if needs.arrays:
+        # The positive entries G[i, p(i)] = da_i, in both of their roles.
+        gU = gU.at[anchors].add(da[:, None] * U[partner_all]).at[partner_all].add(da[:, None] * U[anchors])
+        gU = gU / t
+    else:
+        gU = None
+    return PassOut(loss, gU, None, None, gt, gb, gtau)
+
+
+def _bank(st, x: Inputs, t, beta, tau, c, needs):
+    U1, U2, V = x.U, x.U2, x.V
+    cd = U1.dtype
+    A = U1.shape[0]
+    shared = st.bank == "shared"
+    a_all = jnp.sum(U1 * U2, axis=1) / t
+    R, nb = _block_geometry(st, A)
+    grad = c is not None
+    inv_t = 1.0 / t
+
+    def block(carry, b):
+        start, owned = _starts(b, R, A)
+        UI = lax.dynamic_slice_in_dim(U1, start, R)
+        if shared:
+            VI = V
+            S = _matmul_nt(UI * inv_t, V)
+        else:
+            VI = lax.dynamic_slice_in_dim(V, start, R)
+            S = jnp.einsum("rd,rkd->rk", UI * inv_t, VI)
+        mask = jnp.broadcast_to(owned[:, None], S.shape)
+        if x.lab is not None:
+            labI = lax.dynamic_slice_in_dim(x.lab, start, R)
+            nl = x.nlab[None, :] if shared else lax.dynamic_slice_in_dim(x.nlab, start, R)
+            mask = mask & (nl != labI[:, None])
+        aI = lax.dynamic_slice_in_dim(a_all, start, R)
+        cI = None if not grad else jnp.where(owned, lax.dynamic_slice_in_dim(c, start, R), 0.0)
+        out = block_rows(S, mask, aI, t, beta, tau, st, cI, needs)
+        loss_acc = _add_rows(carry[0], start, out.loss)
+        if not grad:
+            return (loss_acc,), None
+        _, da_acc, gU1, gV, gt, gb, gtau = carry
+        da_acc = _add_rows(da_acc, start, out.da)
+        if needs.arrays:
+            if shared:
+                gU1 = _add_rows(gU1, start, out.dS @ V)
+                gV = gV + _matmul_tn(out.dS, UI)
+            else:
+                gU1 = _add_rows(gU1, start, jnp.einsum("rk,rkd->rd", out.dS, VI))
+                gV = _add_rows(gV, start, out.dS[:, :, None] * UI[:, None, :])
+        ht, hb, htau = _hp_sums(out, needs, cd)
+        return (loss_acc, da_acc, gU1, gV, gt + ht, gb + hb, gtau + htau), None
+
+    z = jnp.zeros((), cd)
+    if not grad:
+        (loss,), _ = lax.scan(block, (jnp.zeros((A,), cd),), jnp.arange(nb))
+        return PassOut(loss)
+    arr = needs.arrays
+    init = (jnp.zeros((A,), cd), jnp.zeros((A,), cd), jnp.zeros_like(U1) if arr else z, jnp.zeros_like(V) if arr else z, z, z, z)
+    (loss, da, gU1, gV, gt, gb, gtau), _ = lax.scan(block, init, jnp.arange(nb))
+    if not arr:
+        return PassOut(loss, None, None, None, gt, gb, gtau)
+    gU1 = (gU1 + da[:, None] * U2) / t
+    gU2 = da[:, None] * U1 / t
+    return PassOut(loss, gU1, gU2, gV / t, gt, gb, gtau)
+
+
+def _add_rows(acc, start, rows):
+    """acc[start:start + R] += rows (rows a block owns are 0 elsewhere, so overlapping blocks add nothing twice)."""
+    cur = lax.dynamic_slice_in_dim(acc, start, rows.shape[0])
+    return lax.dynamic_update_slice_in_dim(acc, cur + rows, start, 0)

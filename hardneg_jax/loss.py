@@ -1,0 +1,232 @@
+"""``hardneg_jax.hcl_loss``: validation at trace time, static decisions, then the jitted custom-VJP core."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hardneg.validation import UNKNOWN, check_call
+
+from . import collectives
+from .blocks import rows_per_block
+from .rows import Statics
+from .vjp import compute_dtype, hcl_core
+
+__all__ = ["hcl_loss"]
+
+_core = jax.jit(hcl_core, static_argnums=0)
+
+
+def _dtype_name(x) -> Optional[str]:
+    if x is None:
+        return None
+    dt = getattr(x, "dtype", None)
+    return jnp.dtype(dt).name if dt is not None else np.asarray(x).dtype.name
+
+
+def _shape(x):
+    return None if x is None else tuple(np.shape(x))
+
+
+def _is_tracer(x) -> bool:
+    return isinstance(x, jax.core.Tracer)
+
+
+def _hyper(name: str, v: Any):
+    """(value for check_call, concrete float or None). Tracers are UNKNOWN; 0-d arrays are read as numbers."""
+    if _is_tracer(v):
+        if jnp.ndim(v) != 0 or not jnp.issubdtype(v.dtype, jnp.number) or jnp.issubdtype(v.dtype, jnp.complexfloating):
+            raise TypeError(f"{name} must be a real scalar; got a traced array of shape {jnp.shape(v)} and dtype {v.dtype}")
+        return UNKNOWN, None
+    if isinstance(v, (jax.Array, np.ndarray, np.generic)) and np.ndim(v) == 0:
+        dt = np.asarray(v).dtype
+        if dt.kind in "fiu":
+            v = float(np.asarray(v))
+    return v, v
+
+
+def _labels_for_jax(labels, negative_labels):
+    """Integer labels as JAX arrays; 64-bit labels that int32 cannot hold (x64 off) are re-coded by equality."""
+    if labels is None:
+        return None, None
+    concrete = not (_is_tracer(labels) or _is_tracer(negative_labels))
+    if concrete and not jax.config.jax_enable_x64:
+        parts = [np.asarray(labels)] + ([] if negative_labels is None else [np.asarray(negative_labels)])
+        if any(p.dtype.itemsize == 8 for p in parts):
+            info = np.iinfo(np.int32)
+            if any(p.size and (p.min() < info.min or p.max() > info.max) for p in parts):
+                # Only equality matters (spec section 3): ranks among all values keep every comparison.
+                flat = np.concatenate([p.ravel() for p in parts])
+                _, inv = np.unique(flat, return_inverse=True)
+                inv = inv.astype(np.int32)
+                lab = inv[: parts[0].size].reshape(parts[0].shape)
+                nlab = None if negative_labels is None else inv[parts[0].size :].reshape(parts[1].shape)
+                return jnp.asarray(lab), None if nlab is None else jnp.asarray(nlab)
+    return jnp.asarray(labels), None if negative_labels is None else jnp.asarray(negative_labels)
+
+
+def _check_budget(memory_budget) -> None:
+    if memory_budget is None:
+        return
+    if not isinstance(memory_budget, numbers.Integral) or isinstance(memory_budget, bool):
+        raise TypeError(f"memory_budget must be None or an int (bytes); got {memory_budget!r}")
+    if memory_budget <= 0:
+        raise ValueError(f"memory_budget must be > 0 bytes; got {memory_budget!r}")
+
+
+def hcl_loss(
+    z1,
+    z2,
+    *,
+    temperature: float = 0.5,
+    beta: float = 1.0,
+    tau_plus: float = 0.1,
+    estimator: str = "hard",
+    clamp: bool = True,
+    normalize: bool = True,
+    negatives=None,
+    labels=None,
+    negative_labels=None,
+    reduction: str = "mean",
+    memory_budget: Optional[int] = None,
+    axis_name: Any = None,
+):
+    r"""Hard-negative contrastive loss (Robinson et al., ICLR 2021) in JAX; spec 1.0, blockwise, custom VJP.
+
+    For anchors :math:`i` with positive logit :math:`a_i = s_{i,p(i)}` and negatives :math:`j \in N_i`
+    (:math:`M_i = |N_i|`), with :math:`s_{ij} = u_i \cdot u_j / t`:
+
+    .. math::
+
+        R_i = M_i \frac{\sum_j e^{(1+\beta) s_{ij}}}{\sum_j e^{\beta s_{ij}}},\qquad
+        Ng_i = \max\Big(\frac{R_i - \tau^+ M_i e^{a_i}}{1-\tau^+},\; M_i e^{-1/t}\Big),\qquad
+        \ell_i = -\log \frac{e^{a_i}}{e^{a_i} + Ng_i}.
+
+    ``estimator="easy"`` uses :math:`Ng_i = \sum_j e^{s_{ij}}` (NT-Xent); ``beta=0`` is the debiased loss
+    (Chuang et al., NeurIPS 2020); ``beta=math.inf`` the worst-case limit. docs/spec.md is the full contract.
+
+    A pure function: works under ``jax.jit``, ``jax.grad``/``jax.value_and_grad`` (reverse mode; forward mode
+    is not defined for a custom VJP), ``jax.vmap`` (a leading axis of independent problems) and inside
+    ``lax.scan``. The anchors are walked in row blocks (``lax.scan``); no (2B x 2B) array is live.
+
+    Parameters
+    ----------
+    z1, z2 : jax.Array, shape (B, d), float16 / bfloat16 / float32 / float64
+        Two views; row k of z1 and row k of z2 form a positive pair. Half precision is computed in float32.
+    temperature : float or traced scalar, default 0.5
+        t > 0. May be traced (no recompilation per value); its gradient is computed when differentiated.
+    beta : float or traced scalar, default 1.0
+        Hardness, >= 0; ``math.inf`` allowed (also as a traced value). Its gradient is computed when
+        differentiated (0 at beta = inf).
+    tau_plus : float or traced scalar, default 0.1
+        Class prior, 0 <= tau_plus < 1. Its gradient is computed when differentiated.
+    estimator : {"hard", "easy"}, default "hard" (static)
+    clamp : bool, default True (static)
+        Floor Ng at M e^{-1/t} (hard estimator only).
+    normalize : bool, default True (static)
+        Use u = z / max(||z||_2, 1e-12); False uses z as given.
+    negatives : jax.Array, shape (K, d) or (B, K, d), optional
+        Explicit bank, shared or one per anchor; anchors are then z1's rows and in-batch samples are not
+        negatives. Not gathered under ``axis_name``.
+    labels : integer array, shape (B,), optional
+        Samples sharing the anchor's label are removed from its negatives.
+    negative_labels : integer array, shape (K,) or (B, K), optional
+        Labels of the bank rows; required with ``labels`` when a bank is given.
+    reduction : {"mean", "sum", "none"}, default "mean" (static)
+        "none" returns per-anchor losses, shape (2B,) (z1 rows then z2 rows) or (B,) with a bank.
+    memory_budget : int, optional (static)
+        Bytes of transient working memory for one block of anchors (default 256 MiB): the block holds
+        about 8 arrays of shape (rows, candidates) in the compute dtype. Under ``vmap`` it is per problem.
+    axis_name : hashable, optional (static)
+        Inside ``shard_map``/``pmap``/``vmap`` over this axis: every device's z1, z2 (and labels) are
+        gathered as negatives; the loss is over the local anchors. Averaging the per-device losses and the
+        per-device gradients over the axis (``lax.pmean``) gives the single-device loss and gradient of the
+        concatenated batch. ``"sum"`` is scaled by the axis size for the same reason; ``"none"`` returns the
+        local anchors' (exact) losses. A bank is used as given on each device.
+
+    Returns
+    -------
+    jax.Array
+        Scalar, or shape (n_anchors,) for ``reduction="none"``, in the dtype of z1.
+
+    Raises
+    ------
+    TypeError, ValueError
+        At trace time, from ``hardneg.validation`` with the reference's messages (traced hyper-parameters
+        are not range-checked: their values are unknown when tracing).
+
+    References
+    ----------
+    Robinson, Chuang, Sra, Jegelka. Contrastive Learning with Hard Negative Samples. ICLR 2021.
+    Chuang, Robinson, Lin, Torralba, Jegelka. Debiased Contrastive Learning. NeurIPS 2020.
+    """
+    t_chk, t_val = _hyper("temperature", temperature)
+    b_chk, b_val = _hyper("beta", beta)
+    tp_chk, tp_val = _hyper("tau_plus", tau_plus)
+    problem = check_call(
+        z1_shape=_shape(z1),
+        z2_shape=_shape(z2),
+        z1_dtype=_dtype_name(z1),
+        z2_dtype=_dtype_name(z2),
+        temperature=t_chk,
+        beta=b_chk,
+        tau_plus=tp_chk,
+        estimator=estimator,
+        clamp=clamp,
+        normalize=normalize,
+        reduction=reduction,
+        negatives_shape=_shape(negatives),
+        negatives_dtype=_dtype_name(negatives),
+        labels_shape=_shape(labels),
+        labels_dtype=_dtype_name(labels),
+        negative_labels_shape=_shape(negative_labels),
+        negative_labels_dtype=_dtype_name(negative_labels),
+    )
+    _check_budget(memory_budget)
+
+    z1, z2 = jnp.asarray(z1), jnp.asarray(z2)
+    neg = None if negatives is None else jnp.asarray(negatives)
+    lab, nlab = _labels_for_jax(labels, negative_labels)
+    cd = compute_dtype(z1.dtype)
+    t, b, tp = (jnp.asarray(v, cd) for v in (temperature, beta, tau_plus))
+
+    if estimator == "easy" or b_val == 0.0:
+        beta_mode = "zero"
+    elif b_val is None:
+        beta_mode = "traced"
+    else:
+        beta_mode = "inf" if math.isinf(float(b_val)) else "finite"
+
+    B, d = problem.batch, problem.dim
+    itemsize = cd.itemsize
+    world, row0, distributed = 1, None, False
+    if axis_name is not None:
+        world = collectives.axis_size(axis_name)
+        if problem.bank == "none":
+            g = collectives.gather_batch(z1, z2, lab, axis_name)
+            z1, z2, lab, row0, distributed = g.z1, g.z2, g.labels, g.row0, True
+    if problem.bank == "none":
+        block = rows_per_block(2 * B, 2 * B * world, itemsize, memory_budget)
+    elif problem.bank == "shared":
+        block = rows_per_block(B, problem.bank_size, itemsize, memory_budget)
+    else:
+        K = problem.bank_size
+        block = rows_per_block(B, K, itemsize, memory_budget, per_row_extra=3 * K * d * itemsize)
+    st = Statics(
+        bank=problem.bank,
+        estimator=estimator,
+        clamp=bool(clamp),
+        normalize=bool(normalize),
+        reduction=reduction,
+        beta_mode=beta_mode,
+        block=block,
+        world=world,
+        distributed=distributed,
+        local_pairs=B if distributed else 0,
+    )
+    return _core(st, z1, z2, neg, lab, nlab, t, b, tp, row0)

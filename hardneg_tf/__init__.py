@@ -1,0 +1,17 @@
+"""hardneg_tf: the HCL objective (docs/spec.md) in TensorFlow — blockwise, closed-form gradient, Keras 3.
+
+``hcl_loss`` has the reference's signature plus ``memory_budget`` and ``gather``; ``HCLLoss`` (imported on
+first use, since it needs Keras) wraps it as a ``keras.losses.Loss``.
+"""
+
+from .loss import DEFAULT_MEMORY_BUDGET, hcl_loss
+
+__all__ = ["hcl_loss", "HCLLoss", "DEFAULT_MEMORY_BUDGET"]
+
+
+def __getattr__(name):
+    if name == "HCLLoss":
+        from .keras import HCLLoss
+
+        return HCLLoss
+    raise AttributeError(f"module 'hardneg_tf' has no attribute {name!r}")
