@@ -46,13 +46,20 @@ def _log1mexp(x):
 
 
 def _normalize(z):
+    """u = z / max(||z||, 1e-12) without overflow, also in the backward pass.
+
+    The row is scaled by max|z| (a constant for autograd: u does not depend on it), so that neither ||z||^2 nor
+    the z / ||z||^2 of the norm's derivative overflows or underflows.
+    """
     import torch
 
-    scale = z.abs().amax(dim=-1, keepdim=True)
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-    ss = ((z / safe) ** 2).sum(dim=-1, keepdim=True)
-    n = scale * torch.sqrt(torch.where(ss > 0, ss, torch.ones_like(ss)))
-    return z / n.clamp_min(1e-12)
+    scale = z.detach().abs().amax(dim=-1, keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    y = z / scale
+    ss = (y * y).sum(dim=-1, keepdim=True)
+    ny = torch.sqrt(torch.where(ss > 0, ss, torch.ones_like(ss)))  # sqrt'(0) = inf would poison the other branch
+    big = (ss > 0) & (scale * ny >= 1e-12)
+    return torch.where(big, y / ny, z / 1e-12)
 
 
 def _impl(z1, z2, *, temperature, beta, tau_plus, estimator, clamp, normalize, negatives, labels, negative_labels,
@@ -111,11 +118,12 @@ def _impl(z1, z2, *, temperature, beta, tau_plus, estimator, clamp, normalize, n
         # the released code's arithmetic, in the compute dtype
         E = torch.where(mask, torch.exp(S), 0)
         imp = torch.where(mask, torch.exp(b * S), 0)
-        R = M * (imp * E).sum(1) / imp.sum(1)
+        Mc = M.to(cdt)
+        R = Mc * (imp * E).sum(1) / imp.sum(1)
         pos = torch.exp(a)
-        Ng = (R - tau * M * pos) / (1 - tau)
+        Ng = (R - tau * Mc * pos) / (1 - tau)
         if clamp:
-            Ng = torch.clamp(Ng, min=M * math.exp(-1 / t))
+            Ng = torch.maximum(Ng, Mc * math.exp(-1 / t))
         loss = -torch.log(pos / (pos + Ng))
     else:
         def lse(v):
@@ -149,7 +157,9 @@ def _impl(z1, z2, *, temperature, beta, tau_plus, estimator, clamp, normalize, n
             g = torch.where(gu < lf, lf, gu)
             loss = torch.logaddexp(torch.zeros_like(a), g - a)
         else:
-            xp = torch.where(neg, torch.ones_like(x), x)
+            # x == 0 exactly (Ng = 0): log1mexp(-x) has an infinite slope that autograd would multiply by a
+            # zero; a 1e-30 nudge keeps the (finite) product, changing the value by ~1e-30 relative
+            xp = torch.where(neg, torch.ones_like(x), torch.where(x == 0, x + 1e-30, x))
             y = (math.log(tau) if tau > 0 else -math.inf) + logM + _log1mexp(-xp) - log1m_tau
             ys = torch.where(y < 0, y, torch.full_like(y, -1.0))
             other = torch.where(y < 0, _log1mexp(ys), torch.full_like(y, math.nan))
@@ -162,10 +172,14 @@ def _impl(z1, z2, *, temperature, beta, tau_plus, estimator, clamp, normalize, n
         value = loss.sum()
     else:
         value = loss
-    if not finite or bool(torch.isnan(loss).any()):
-        # spec: non-finite inputs or an undefined anchor make every output element NaN (gradients too)
-        poison = sum(x.to(cdt).sum() for x in ins) * math.nan
+    poison = sum(x.to(cdt).sum() for x in ins) * math.nan
+    if not finite:
+        # spec section 6: a non-finite input makes every element of the value and of every gradient NaN
         value = value + poison
+    elif bool(torch.isnan(loss).any()):
+        # an undefined anchor: every gradient element NaN, the value NaN where it is (no NaN added to a finite
+        # "none" entry): where() passes a zero cotangent to the poison, and 0 * NaN poisons every gradient
+        value = value + torch.where(torch.zeros((), dtype=torch.bool), poison, torch.zeros((), dtype=cdt))
     return value.to(out_dtype)
 
 

@@ -153,7 +153,8 @@ def _tau_at(case: Case, mode: str, rng: np.random.Generator, k: int) -> Optional
             den = math.exp(logM + q.a[i] - top) - math.exp(lf - top)
             tau = num / den if den > 0 else None
         else:
-            tau = math.exp(q.lr[i] - logM - q.a[i]) * (1.0 - 10.0 ** (-k))
+            e = q.lr[i] - logM - q.a[i]
+            tau = math.exp(e) * (1.0 - 10.0 ** (-k)) if e < 0 else None
     if tau is None or not math.isfinite(tau) or not (0.0 <= tau <= 0.9):
         return None
     return float(tau)

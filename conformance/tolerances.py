@@ -52,8 +52,10 @@ For anchor ``i``: logits ``s_ij`` (negatives ``j``), positive logit ``a_i``, ``M
    digits of a loss below the rounding of ``a``, spec section 5) does not conform.
 
    "mean" adds summation ``(A+1) u sum|l_i| / A`` to ``sum E_i / A``, "sum" the same without ``/A``, "none"
-   keeps ``E_i + u |l_i|`` per anchor. The returned value then carries ``u_o |value| + tiny_o``
-   (rounding to the output dtype; ``tiny_o`` the smallest normal, for flush-to-zero).
+   keeps ``E_i + u |l_i|`` per anchor. The returned value then carries ``u_o (|value| + E) + tiny_o``
+   (one rounding to the output dtype of a result already off by ``E``; ``tiny_o`` the smallest normal, for
+   flush-to-zero).  For float16/bfloat16 outputs this rounding dominates, and it is tight: an honest
+   implementation can sit anywhere up to 1.0 of the tolerance there, while rounding twice exceeds it.
 
 4. Gradients.  Relative error of ``rho_i``: ``eta_i = (1 + sum_j|w_ij|) eps_s,i + u A_i + E_i``
    (``rho = exp(log R - log(1-tau+) - log D)``).  Relative error of ``p1_j``, ``p0_j``:
@@ -72,7 +74,8 @@ For anchor ``i``: logits ``s_ij`` (negatives ``j``), positive logit ``a_i``, ``M
        dg_z <= [P(dgU) + (2d + 7) u P'(|gU|bound)] / max(||z||, 1e-12)  +  (n + d + 2) tiny_c / max(||z||, eps)
 
    (``P'(v) = v + 2|u|(|u| . v)``; the last term covers flush-to-zero of float32 intermediates, as does an
-   absolute ``tiny_c (1 + |c_i|)`` on every entry of ``G``).  The returned gradient carries ``u_o |g| + tiny_o``.
+   absolute ``tiny_c (1 + |c_i|)`` on every entry of ``G``).  The returned gradient carries
+   ``u_o (|g| + dg) + tiny_o``.
 
 5. Where the gradient is not defined by the inputs' bits.  These are not excluded; only the contribution that is
    genuinely ambiguous gets slack:
@@ -320,6 +323,16 @@ def _cot_weights(case: Case, signed: bool = True) -> np.ndarray:
     return np.full(A, float(case.cotangent) / (A if red == "mean" else 1))
 
 
+def spec_gradient(case: Case) -> Dict[str, np.ndarray]:
+    """The gradient of spec section 8 recomputed here in float64 (finite inputs; anchors without negatives: 0)."""
+    lay = _layout(case)
+    q = anchor_quantities(case, lay)
+    cw = _cot_weights(case)
+    with np.errstate(all="ignore"):
+        G = np.where(q.mask & q.has[:, None], cw[:, None] * q.rho[:, None] * q.w, 0.0)
+    return _backprop(lay, case, G, cw * q.da)
+
+
 def _fin(v):
     return np.where(np.isfinite(v), np.abs(v), 0.0)
 
@@ -367,13 +380,19 @@ def bounds(case: Case, reference_value=None, reference_grads=None, want_grad: bo
             (1 + 2 * beta_f) * 2 * q.L + 2 * (q.M + 2) + 2 * logM + 2 * np.abs(q.m) + 2 * _fin(q.lr) + logtau
             + np.abs(q.a) + _fin(q.gu) + 2 * _fin(q.logD) + np.abs(q.lf) + 10
         )
-        kappa = np.abs(q.da) + q.rho * sw
-        E = kappa * eps_s + (2 * q.rho + q.q) * u * Ai + 2 * u * np.abs(q.loss)
         dlog = (1 + sw) * eps_s + u * Ai
         ex = np.where(np.isfinite(q.x) & (q.x < 0), np.exp(np.minimum(q.x, 0.0)), 0.0)
         cx = ex / np.maximum(-np.expm1(np.minimum(q.x, -1e-300)), 1e-300)
         mu = (1 + 2 * cx) * dlog + u * (_fin(q.gu) + logM + 1 / t + 2)
         kink = q.has & q.clamp_eff & np.isfinite(q.gu) & (np.abs(q.gu - q.lf) <= mu)
+        # both branches of a kink anchor: the error terms take the larger of the two
+        log1m = math.log1p(-q.tau_eff)
+        rho_u = np.where(kink, np.exp(q.lr - log1m - q.a - np.logaddexp(0.0, q.gu - q.a)), 0.0)
+        da_f = np.where(kink, -np.exp(q.lf - q.a - np.logaddexp(0.0, q.lf - q.a)), 0.0)
+        rho_e = np.where(kink, np.maximum(q.rho, rho_u), q.rho)
+        da_e = np.where(kink, np.maximum(np.abs(q.da), np.maximum(rho_u, np.abs(da_f))), np.abs(q.da))
+        kappa = da_e + rho_e * sw
+        E = kappa * eps_s + (2 * rho_e + q.q) * u * Ai + 2 * u * np.abs(q.loss)
         E = np.where(kink, E + q.q * mu, E)
 
         # clamp=False near D = 0: NaN on one side, finite on the other.
@@ -391,7 +410,8 @@ def bounds(case: Case, reference_value=None, reference_grads=None, want_grad: bo
         tot = E.sum() + u * (A + 1) * np.abs(loss).sum()
         vtol = np.asarray(tot / A if red == "mean" else tot)
     rv = np.asarray(reference_value, dtype=np.float64)
-    vtol = vtol + u_o * _fin(rv) + tiny_o
+    # one rounding to the output dtype of a result already off by vtol: u_o (|v| + vtol)
+    vtol = vtol * (1 + u_o) + u_o * _fin(rv) + tiny_o
     out = Bounds(value=np.asarray(vtol, dtype=np.float64), ill_posed=ill_posed, kink_anchors=int(kink.sum()))
     if not want_grad:
         return out
@@ -401,10 +421,10 @@ def bounds(case: Case, reference_value=None, reference_grads=None, want_grad: bo
     eta = dlog + eps_s + E
     theta = 0.0 if math.isinf(q.beta_eff) else 2 * (1 + beta_f) * (2 * eps_s + 2 * u * q.L) + 2 * u * (q.M + 2)
     theta = np.broadcast_to(np.asarray(theta, dtype=np.float64), (A,))
-    crho = (c * q.rho)[:, None]
+    crho = (c * rho_e)[:, None]
     Gabs = crho * np.abs(q.w)
     dG = crho * (np.abs(q.w) * eta[:, None] + q.wabs * (theta[:, None] + 3 * u))
-    Pabs = c * np.abs(q.da)
+    Pabs = c * da_e
     dP = Pabs * (eta + 2 * u)
     # a per-anchor factor (rho, da, G_ij) below the smallest normal may be flushed to zero
     dG = dG + np.where(q.mask & q.has[:, None], tiny_c * (1 + c)[:, None], 0.0)
@@ -413,10 +433,6 @@ def bounds(case: Case, reference_value=None, reference_grads=None, want_grad: bo
     # kink: the target may be on either branch; compare on each assignment (few anchors) or give slack (many)
     alternatives = []
     if kink.any():
-        with np.errstate(all="ignore"):
-            log1m = math.log1p(-q.tau_eff)
-            rho_u = np.exp(q.lr - log1m - q.a - np.logaddexp(0.0, q.gu - q.a))
-            da_f = -np.exp(q.lf - q.a - np.logaddexp(0.0, q.lf - q.a))
         if kink.sum() <= MAX_BRANCH_ENUMERATION:
             csigned = _cot_weights(case, signed=True)
             for i in np.flatnonzero(kink):
@@ -487,7 +503,7 @@ def bounds(case: Case, reference_value=None, reference_grads=None, want_grad: bo
     for k in list(grads):
         ref = getattr(rg, k) if rg is not None else None
         extra = u_o * _fin(ref) if ref is not None else 0.0
-        grads[k] = grads[k] + extra + tiny_o
+        grads[k] = grads[k] * (1 + u_o) + extra + tiny_o
     out.grads = grads
     out.alternatives = alternatives
     return out

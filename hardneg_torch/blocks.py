@@ -135,33 +135,38 @@ def in_batch(U: torch.Tensor, labels: Optional[torch.Tensor], anchors: Sequence[
     losses = []
     neg_inf = -math.inf
     i0 = 0  # position of the block in the anchor order
-    for start, stop in anchors:
-        for r0 in range(start, stop, rows_per_block):
-            r1 = min(stop, r0 + rows_per_block)
-            b = r1 - r0
-            S = torch.mm(U[r0:r1], Ut.t(), out=S_buf[:b])
-            T = None if T_buf is None else T_buf[:b]
-            rows = torch.arange(r0, r1, device=U.device)
-            partner = (rows + half) % n
-            a = S.gather(1, partner[:, None]).squeeze(1)
-            if labels is None:
-                S.scatter_(1, rows[:, None], neg_inf)
-                S.scatter_(1, partner[:, None], neg_inf)
-                count = torch.full((b,), n - 2, dtype=torch.int64, device=U.device)
-            else:
-                same = labels[r0:r1, None] == labels[None, :]  # includes the anchor and its partner
-                count = n - same.sum(dim=1)
-                S.masked_fill_(same, neg_inf)
-            loss, qa, G = _block(S, T, count, a, hp, _coef_slice(coef, i0, i0 + b))
-            losses.append(loss)
-            if want_grad:
-                gU[r0:r1].addmm_(G, U)
-                gU.addmm_(G.t(), U[r0:r1])
-                gU[r0:r1].addcmul_(U[partner], qa[:, None])
-                gU.index_add_(0, partner, U[r0:r1] * qa[:, None])
-            i0 += b
+    for r0, r1 in _blocks_within_halves(anchors, half, rows_per_block):
+        b = r1 - r0
+        p0 = (r0 + half) % n  # a block never straddles the halves, so its partners are rows p0 .. p0 + b
+        S = torch.mm(U[r0:r1], Ut.t(), out=S_buf[:b])
+        T = None if T_buf is None else T_buf[:b]
+        a = S[:, p0:p0 + b].diagonal().clone()
+        if labels is None:
+            S[:, r0:r1].diagonal().fill_(neg_inf)
+            S[:, p0:p0 + b].diagonal().fill_(neg_inf)
+            count = torch.full((b,), n - 2, dtype=torch.int64, device=U.device)
+        else:
+            same = labels[r0:r1, None] == labels[None, :]  # includes the anchor and its partner
+            count = n - same.sum(dim=1)
+            S.masked_fill_(same, neg_inf)
+        loss, qa, G = _block(S, T, count, a, hp, _coef_slice(coef, i0, i0 + b))
+        losses.append(loss)
+        if want_grad:
+            gU[r0:r1].addmm_(G, U)
+            gU.addmm_(G.t(), U[r0:r1])
+            gU[r0:r1].addcmul_(U[p0:p0 + b], qa[:, None])
+            gU[p0:p0 + b].addcmul_(U[r0:r1], qa[:, None])
+        i0 += b
     loss = torch.cat(losses) if losses else U.new_zeros((0,))
     return loss, gU
+
+
+def _blocks_within_halves(anchors: Sequence[Tuple[int, int]], half: int, rows: int):
+    """(start, stop) of each row block: ``rows`` rows at most, never across the boundary between the halves."""
+    for start, stop in anchors:
+        for lo, hi in ((start, min(stop, half)), (max(start, half), stop)):
+            for r0 in range(lo, hi, rows):
+                yield r0, min(hi, r0 + rows)
 
 
 def shared_bank(u1: torch.Tensor, u2: torch.Tensor, V: torch.Tensor, labels: Optional[torch.Tensor],

@@ -1,0 +1,162 @@
+"""The result of a verification: per-feature outcomes, worst errors, failures with their snippets, JSON, tables."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+__all__ = ["Failure", "FeatureResult", "Report", "format_table"]
+
+PASSED, FAILED, UNSUPPORTED, SKIPPED = "passed", "failed", "not supported", "skipped"
+
+
+@dataclass
+class Failure:
+    """One failing (shrunk) example."""
+
+    feature: str
+    check: str
+    message: str
+    snippet: str
+    case: str = ""  # one-line summary of the example
+
+    def __str__(self) -> str:
+        return f"[{self.feature}] {self.check}: {self.message}\n  example: {self.case}"
+
+
+@dataclass
+class FeatureResult:
+    """Outcome of one feature (a group of examples exercising one option of the spec)."""
+
+    name: str
+    description: str
+    status: str = PASSED
+    examples: int = 0
+    worst_value: Optional[float] = None  # max |error| / tolerance over the examples
+    worst_grad: Optional[float] = None
+    failures: List[Failure] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    def record(self, value_frac: Optional[float], grad_frac: Optional[float]) -> None:
+        if value_frac is not None and math.isfinite(value_frac):
+            self.worst_value = max(self.worst_value or 0.0, value_frac)
+        if grad_frac is not None and math.isfinite(grad_frac):
+            self.worst_grad = max(self.worst_grad or 0.0, grad_frac)
+
+
+@dataclass
+class Report:
+    """What :func:`conformance.verify` found.
+
+    Attributes
+    ----------
+    target : str
+        ``module:function`` of the target (or its repr).
+    framework, framework_version, device : str
+    spec_version : str
+    seed, max_examples : int
+    features : list of FeatureResult
+    gradients : str
+        How gradients were obtained ("autodiff", "closed form (*_and_grad twin)", or "not checked: ...").
+    """
+
+    target: str
+    framework: str
+    framework_version: str = ""
+    device: str = "cpu"
+    spec_version: str = ""
+    seed: int = 0
+    max_examples: int = 0
+    gradients: str = "autodiff"
+    features: List[FeatureResult] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> List[Failure]:
+        return [f for r in self.features for f in r.failures]
+
+    @property
+    def ok(self) -> bool:
+        """True when no feature failed (features the target does not support do not count against it)."""
+        return not any(r.status == FAILED for r in self.features)
+
+    @property
+    def verdict(self) -> str:
+        if not self.ok:
+            return "FAIL"
+        uns = sum(r.status == UNSUPPORTED for r in self.features)
+        return "PASS" if not uns else f"PASS ({uns} not supported)"
+
+    @property
+    def examples(self) -> int:
+        return sum(r.examples for r in self.features)
+
+    def _worst(self, attr: str) -> Optional[float]:
+        vals = [getattr(r, attr) for r in self.features if getattr(r, attr) is not None]
+        return max(vals) if vals else None
+
+    @property
+    def worst_value(self) -> Optional[float]:
+        """Worst value error over all examples, as a fraction of its tolerance (<= 1 conforms)."""
+        return self._worst("worst_value")
+
+    @property
+    def worst_grad(self) -> Optional[float]:
+        """Worst gradient error over all examples, as a fraction of its tolerance (<= 1 conforms)."""
+        return self._worst("worst_grad")
+
+    def features_verified(self) -> str:
+        n = sum(r.status == PASSED for r in self.features)
+        applicable = sum(r.status != UNSUPPORTED for r in self.features)
+        return f"{n}/{applicable}"
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d.update(ok=self.ok, verdict=self.verdict, examples=self.examples, worst_value=self.worst_value,
+                 worst_grad=self.worst_grad, features_verified=self.features_verified())
+        return d
+
+    def to_json(self, indent: Optional[int] = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, default=_json_default)
+
+    def summary(self) -> str:
+        """A readable multi-line account: one line per feature, then the failures with their snippets."""
+        lines = [f"{self.target} ({self.framework} {self.framework_version}, {self.device}): {self.verdict}; "
+                 f"gradients: {self.gradients}"]
+        for r in self.features:
+            lines.append(f"  {r.name:<16} {r.status:<14} {r.examples:>5} examples  value {_f(r.worst_value):>7}  "
+                         f"grad {_f(r.worst_grad):>7}" + (f"  ({'; '.join(r.notes)})" if r.notes else ""))
+        for f in self.failures:
+            lines += ["", str(f), f.snippet]
+        return "\n".join(lines)
+
+    __str__ = summary
+
+
+def _json_default(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return str(o)
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+    except ImportError:  # pragma: no cover
+        pass
+    return str(o)
+
+
+def _f(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.2g}"
+
+
+def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    """A plain-text table (columns padded to their widest cell)."""
+    cols = list(zip(*([header] + [list(r) for r in rows])))
+    widths = [max(len(str(c)) for c in col) for col in cols]
+    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    out = [fmt(header), fmt(["-" * w for w in widths])]
+    out += [fmt(r) for r in rows]
+    return "\n".join(out)

@@ -1,0 +1,112 @@
+"""gather=True with torch.distributed (gloo, 2 and 4 CPU processes) equals single-process training.
+
+Each rank runs a shared linear encoder on its shard, computes ``hcl_loss(..., gather=True)`` and
+backpropagates; the replica-averaged loss and the replica-averaged encoder-weight gradient (what
+DistributedDataParallel applies) must equal the loss and gradient of one process on the concatenated
+batch. Everything is float64, so the comparison is at rounding level (1e-10 relative leaves room for the
+different summation order of the all-reduce and the blocks, ~1e-15 each).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+dist = pytest.importorskip("torch.distributed")
+if not dist.is_available() or not dist.is_gloo_available():  # pragma: no cover - depends on the build
+    pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
+
+import torch.multiprocessing as mp  # noqa: E402
+
+from hardneg_torch import hcl_loss  # noqa: E402
+
+D_IN, D = 6, 5
+RTOL = 1e-10
+
+# (name, shard sizes per world size, hcl_loss keyword arguments)
+CASES = [
+    ("mean", {2: [4, 4], 4: [3, 3, 3, 3]}, dict()),
+    ("uneven+labels", {2: [3, 5], 4: [2, 1, 4, 3]}, dict(labels=True, beta=2.0)),
+    ("sum+easy", {2: [4, 2], 4: [2, 2, 3, 1]}, dict(reduction="sum", estimator="easy")),
+    ("bank", {2: [3, 4], 4: [2, 3, 1, 2]}, dict(bank=True, beta=0.5)),
+]
+
+
+def _data(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(n, D_IN, generator=g, dtype=torch.float64)
+    x2 = x1 + 0.3 * torch.randn(n, D_IN, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    bank = torch.randn(n, 4, D, generator=g, dtype=torch.float64)
+    return x1, x2, labels, bank
+
+
+def _encoder():
+    torch.manual_seed(1234)
+    return torch.nn.Linear(D_IN, D).double()
+
+
+def _loss(model, x1, x2, labels, bank, kw, gather):
+    kw = dict(kw)
+    extra = {}
+    if kw.pop("labels", False):
+        extra["labels"] = labels
+    if kw.pop("bank", False):
+        extra["negatives"] = bank
+    return hcl_loss(model(x1), model(x2), gather=gather, **extra, **kw)
+
+
+def _worker(rank, world, port, out_dir, use_ddp):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        for ci, (name, shards, kw) in enumerate(CASES):
+            sizes = shards[world]
+            x1, x2, labels, bank = _data(sum(sizes), seed=ci)
+            lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
+            model = _encoder()
+            net = torch.nn.parallel.DistributedDataParallel(model) if use_ddp else model
+            loss = _loss(net, x1[lo:hi], x2[lo:hi], labels[lo:hi], bank[lo:hi], kw, gather=True)
+            loss.backward()
+            grad = model.weight.grad.clone()  # with DDP: already averaged; without: this rank's raw gradient
+            np.save(os.path.join(out_dir, f"{name}-{rank}.npy"),
+                    np.concatenate([[loss.item()], grad.numpy().ravel()]))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("world,use_ddp", [(2, True), (4, False)])
+def test_gather_equals_single_process_training(world, use_ddp):
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.spawn(_worker, args=(world, _free_port(), out_dir, use_ddp), nprocs=world, join=True)
+        for ci, (name, shards, kw) in enumerate(CASES):
+            x1, x2, labels, bank = _data(sum(shards[world]), seed=ci)
+            model = _encoder()
+            single = _loss(model, x1, x2, labels, bank, kw, gather=False)
+            single.backward()
+            g_single = model.weight.grad.numpy()
+            per_rank = [np.load(os.path.join(out_dir, f"{name}-{r}.npy")) for r in range(world)]
+            losses = np.array([p[0] for p in per_rank])
+            grads = np.stack([p[1:].reshape(g_single.shape) for p in per_rank])
+            # The replica average of the losses is the single-process loss on the global batch.
+            np.testing.assert_allclose(losses.mean(), single.item(), rtol=RTOL, err_msg=name)
+            # DDP applies the replica average of the gradients (with DDP every rank already holds it).
+            g_avg = grads.mean(axis=0)
+            if use_ddp:
+                for g in grads:
+                    np.testing.assert_allclose(g, g_avg, rtol=1e-12, atol=0, err_msg=name)
+            np.testing.assert_allclose(g_avg, g_single, rtol=RTOL, atol=RTOL * np.abs(g_single).max(), err_msg=name)
+            # The scale explicitly: the averaged gradient is 1x the single-process one, not 1/W or W times it.
+            scale = np.vdot(g_avg, g_single) / np.vdot(g_single, g_single)
+            assert abs(scale - 1.0) < 1e-9, (name, scale)
