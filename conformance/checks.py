@@ -373,6 +373,9 @@ def rescaled(case: Case, rng: np.random.Generator):
     c2 = replace(case, params=dict(case.params), extras=dict(case.extras), origin=dict(case.origin))
     for k, x in case.arrays.items():
         f = 2.0 ** rng.integers(-3, 4, size=x.shape[:-1] + (1,))
+        # rows at or below the normalisation epsilon are not scale-invariant (u = z / 1e-12): keep them
+        norm = np.linalg.norm(x, axis=-1, keepdims=True)
+        f = np.where((norm > 2e-12) & (norm * f > 2e-12), f, 1.0)
         y = x * f
         # stay inside the dtype's normal range so that the scaling is exact
         nz = x != 0

@@ -383,17 +383,31 @@ def bounds(case: Case, reference_value=None, reference_grads=None, want_grad: bo
         dlog = (1 + sw) * eps_s + u * Ai
         ex = np.where(np.isfinite(q.x) & (q.x < 0), np.exp(np.minimum(q.x, 0.0)), 0.0)
         cx = ex / np.maximum(-np.expm1(np.minimum(q.x, -1e-300)), 1e-300)
-        mu = (1 + 2 * cx) * dlog + u * (_fin(q.gu) + logM + 1 / t + 2)
-        kink = q.has & q.clamp_eff & np.isfinite(q.gu) & (np.abs(q.gu - q.lf) <= mu)
-        # both branches of a kink anchor: the error terms take the larger of the two
         log1m = math.log1p(-q.tau_eff)
-        rho_u = np.where(kink, np.exp(q.lr - log1m - q.a - np.logaddexp(0.0, q.gu - q.a)), 0.0)
+        dlf = u * (logM + 1 / t + 2)
+        # where the target's gamma = log Ng may lie: first order, or (near the cancellation x = 0, where the
+        # first-order factor e^x/(1-e^x) explodes) the interval gamma(x -/+ dlog) +/- dlog
+        mu = (1 + 2 * cx) * dlog + u * (_fin(q.gu) + 2)
+        gam = lambda xx: np.where(xx < 0, q.lr + _log1mexp(np.minimum(xx, 0.0)) - log1m, -np.inf)  # noqa: E731
+        wide = q.has & np.isfinite(q.x) & (((1 + 2 * cx) * dlog > ILL_CONDITIONED) |
+                                           (~np.isfinite(q.gu) & (q.x - dlog < 0)))
+        g_hi = np.where(wide, gam(q.x - dlog) + dlog, q.gu + mu)
+        g_lo = np.where(wide, gam(q.x + dlog) - dlog, q.gu - mu)
+        # the clamp's kink: the target may be on either branch
+        kink = q.has & q.clamp_eff & np.isfinite(g_hi) & (g_hi >= q.lf - dlf) & (g_lo <= q.lf + dlf)
+        # value: the loss anywhere between the ends of that interval (softplus is monotone)
+        fl = q.lf if q.clamp_eff else -np.inf
+        l_hi = np.logaddexp(0.0, np.maximum(g_hi, fl) - q.a)
+        l_lo = np.logaddexp(0.0, np.maximum(g_lo, fl) - q.a)
+        slack = np.where(kink | wide, np.maximum(_fin(l_hi - q.loss), _fin(q.loss - l_lo)), 0.0)
+        # both branches: the error terms take the larger of the two (rho_u is largest when Ng is smallest)
+        g_u = np.where(wide, g_lo, q.gu)
+        rho_u = np.where(kink | wide, np.exp(q.lr - log1m - q.a - np.logaddexp(0.0, g_u - q.a)), 0.0)
         da_f = np.where(kink, -np.exp(q.lf - q.a - np.logaddexp(0.0, q.lf - q.a)), 0.0)
-        rho_e = np.where(kink, np.maximum(q.rho, rho_u), q.rho)
-        da_e = np.where(kink, np.maximum(np.abs(q.da), np.maximum(rho_u, np.abs(da_f))), np.abs(q.da))
+        rho_e = np.maximum(q.rho, rho_u)
+        da_e = np.maximum(np.abs(q.da), np.maximum(rho_u, np.abs(da_f)))
         kappa = da_e + rho_e * sw
-        E = kappa * eps_s + (2 * rho_e + q.q) * u * Ai + 2 * u * np.abs(q.loss)
-        E = np.where(kink, E + q.q * mu, E)
+        E = kappa * eps_s + (2 * rho_e + q.q) * u * Ai + 2 * u * np.abs(q.loss) + slack
 
         # clamp=False near D = 0: NaN on one side, finite on the other.
         dy = (1 + 1 / np.maximum(np.abs(np.expm1(np.where(np.isfinite(q.x), q.x, 0.0))), 1e-300)) * dlog
@@ -432,10 +446,11 @@ def bounds(case: Case, reference_value=None, reference_grads=None, want_grad: bo
 
     # kink: the target may be on either branch; compare on each assignment (few anchors) or give slack (many)
     alternatives = []
-    if kink.any():
-        if kink.sum() <= MAX_BRANCH_ENUMERATION:
+    enum = kink & ~wide
+    if enum.any():
+        if enum.sum() <= MAX_BRANCH_ENUMERATION:
             csigned = _cot_weights(case, signed=True)
-            for i in np.flatnonzero(kink):
+            for i in np.flatnonzero(enum):
                 sign = 1.0 if q.floor[i] else -1.0  # floor -> unclamped adds rho_u w; unclamped -> floor removes it
                 Gn = np.zeros_like(q.w)
                 Gn[i] = sign * csigned[i] * rho_u[i] * q.w[i]
@@ -443,8 +458,8 @@ def bounds(case: Case, reference_value=None, reference_grads=None, want_grad: bo
                 gp[i] = sign * csigned[i] * (-rho_u[i] - da_f[i])
                 alternatives.append(_backprop(lay, case, Gn, gp))
         else:
-            dG = dG + np.where(kink[:, None], (c * rho_u)[:, None] * np.abs(q.w), 0.0)
-            dP = dP + np.where(kink, c * np.abs(-rho_u - da_f), 0.0)
+            dG = dG + np.where(enum[:, None], (c * rho_u)[:, None] * np.abs(q.w), 0.0)
+            dP = dP + np.where(enum, c * np.abs(-rho_u - da_f), 0.0)
     # beta = inf: shared or nearly shared maxima
     n_tie = 0
     if math.isinf(q.beta_eff):
@@ -458,7 +473,7 @@ def bounds(case: Case, reference_value=None, reference_grads=None, want_grad: bo
         n_tie = int(amb.sum())
         dG = dG + np.where(amb[:, None] & near, crho, 0.0)
     # first-order analysis no longer valid
-    ill = q.has & (eta > ILL_CONDITIONED)
+    ill = q.has & ((eta > ILL_CONDITIONED) | wide)
     dG = dG + np.where(ill[:, None], Gabs, 0.0)
     dP = dP + np.where(ill, Pabs, 0.0)
     out.tie_anchors, out.ill_conditioned = n_tie, int(ill.sum())

@@ -7,11 +7,11 @@ Usage::
 
 Presets (``--batch``, ``--estimator``, ``--reps`` and ``--max-batch`` override them):
 
-    --quick    B in {1024, 4096}, estimator hard, 3 repetitions, no largest-batch search (about 5 min, 2 cores)
-    default    B in {256, 1024, 4096}, estimators hard and easy, 3 repetitions, largest-batch search
-               (steps up to 30 s)
-    --full     B in {256, ..., 8192}, estimators hard and easy, 5 repetitions, largest-batch search
-               (steps up to 300 s)
+    --quick    B in {1024, 4096}, float32, estimator hard, 3 repetitions, no largest-batch search
+    default    B in {256, 1024, 4096}, float32 and bfloat16, estimators hard and easy, 3 repetitions,
+               largest-batch search (float32, steps up to 30 s)
+    --full     B in {256, ..., 8192}, float32 and bfloat16, estimators hard and easy, 5 repetitions,
+               largest-batch search (float32, steps up to 300 s)
 
 Every measurement runs in its own process (see :mod:`hardneg.bench.harness`). The headline is each
 implementation's ratio to the naive baseline and to the floor measured in the same run.
@@ -32,10 +32,12 @@ from . import impls as _impls
 from .harness import Harness, Settings, format_bytes, parse_bytes
 
 PRESETS = {
-    "quick": dict(batches=[1024, 4096], estimators=["hard"], reps=3, max_batch=False, time_cap=10.0),
-    "default": dict(batches=[256, 1024, 4096], estimators=["hard", "easy"], reps=3, max_batch=True, time_cap=30.0),
-    "full": dict(batches=[256, 512, 1024, 2048, 4096, 8192], estimators=["hard", "easy"], reps=5, max_batch=True,
-                 time_cap=300.0),
+    "quick": dict(batches=[1024, 4096], dtypes=["float32"], estimators=["hard"], reps=3, max_batch=False,
+                  time_cap=10.0),
+    "default": dict(batches=[256, 1024, 4096], dtypes=["float32", "bfloat16"], estimators=["hard", "easy"], reps=3,
+                    max_batch=True, time_cap=30.0),
+    "full": dict(batches=[256, 512, 1024, 2048, 4096, 8192], dtypes=["float32", "bfloat16"],
+                 estimators=["hard", "easy"], reps=5, max_batch=True, time_cap=300.0),
 }
 _DTYPES = ("float32", "bfloat16", "float16", "float64")
 
@@ -62,18 +64,28 @@ def _bytes(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = (
+        "presets:\n"
+        "  --quick   B in {1024, 4096}, float32, estimator hard, 3 repetitions, no largest-batch search\n"
+        "  default   B in {256, 1024, 4096}, float32 and bfloat16, hard and easy, largest-batch search\n"
+        "  --full    B in {256, ..., 8192}, 5 repetitions, largest-batch search up to 300 s per step\n"
+        "implementations: " + ", ".join(_impls.IMPLS) + "\n"
+        "Each measurement runs in its own process; memory is the peak above a small-batch run of the same\n"
+        "program. Ratios to the naive baseline and the matmul floor measured in the same run are the headline."
+    )
     parser.add_argument("--backend", default="all", type=_csv(str, ("torch", "jax", "tf", "all")),
                         help="framework(s) to benchmark, comma-separated: torch, jax, tf or all (default: all)")
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="fewer sizes, no largest-batch search (~5 min)")
+    mode.add_argument("--quick", action="store_true", help="two sizes, float32, no largest-batch search")
     mode.add_argument("--full", action="store_true", help="more sizes and repetitions (long)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--out", metavar="DIR", help="write results.json and PNG plots here")
     parser.add_argument("--budget", type=_bytes, default=parse_bytes("8GB"),
                         help="memory a measurement may use above its small-batch run; processes beyond it are "
                              "killed and the largest batch is searched within it (default 8GB)")
-    parser.add_argument("--dtype", type=_csv(str, _DTYPES), default=["float32", "bfloat16"],
-                        help="comma-separated dtypes (default float32,bfloat16)")
+    parser.add_argument("--dtype", type=_csv(str, _DTYPES),
+                        help="comma-separated dtypes (default float32,bfloat16; float32 with --quick)")
     parser.add_argument("--batch", type=_csv(int), help="comma-separated batch sizes B (pairs); overrides the preset")
     parser.add_argument("--dim", type=int, default=128, help="feature dimension d (default 128)")
     parser.add_argument("--estimator", type=_csv(str, ("hard", "easy")),
@@ -135,6 +147,7 @@ def _plan(args, preset):
 def run(args) -> int:
     preset = PRESETS["quick" if args.quick else "full" if args.full else "default"]
     batches = args.batch or preset["batches"]
+    dtypes = args.dtype or preset["dtypes"]
     reps = args.reps or preset["reps"]
     do_max = preset["max_batch"] if args.max_batch is None else args.max_batch
     time_cap = args.time_cap or preset["time_cap"]
@@ -148,9 +161,9 @@ def run(args) -> int:
     settings = Settings(dim=args.dim, device=args.device, warmup=max(1, args.warmup), reps=max(1, reps),
                         timeout_s=args.timeout, budget_bytes=args.budget, small_batch=args.small_batch)
     harness = Harness(settings)
-    jobs = [(est, dt, b, impl) for est in estimators for dt in args.dtype for b in batches
+    jobs = [(est, dt, b, impl) for est in estimators for dt in dtypes for b in batches
             for impl in chosen if est in _impls.get(impl).estimators]
-    print(f"hardneg bench: {len(jobs)} measurements ({len(chosen)} implementations x {len(args.dtype)} dtypes x "
+    print(f"hardneg bench: {len(jobs)} measurements ({len(chosen)} implementations x {len(dtypes)} dtypes x "
           f"{len(batches)} batch sizes), each in its own process; budget {format_bytes(args.budget)}",
           file=sys.stderr)
     for k, (est, dt, b, impl) in enumerate(jobs, 1):
@@ -162,8 +175,8 @@ def run(args) -> int:
                 continue
             est = estimators[0] if estimators[0] in entry.estimators else entry.estimators[0]
             ok = [m["batch"] for m in harness.measurements if m["impl"] == impl and m["status"] == "ok"
-                  and m["dtype"] == args.dtype[0] and m["estimator"] == est]
-            harness.largest_batch(impl, args.dtype[0], est, start=max(ok) if ok else min(batches),
+                  and m["dtype"] == dtypes[0] and m["estimator"] == est]
+            harness.largest_batch(impl, dtypes[0], est, start=max(ok) if ok else min(batches),
                                   time_cap_s=time_cap)
 
     meta = {"command": "hardneg bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),

@@ -167,10 +167,23 @@ class Harness:
 
     def __init__(self, settings: Settings, progress: Optional[Callable[[str], None]] = None):
         self.s = settings
-        self.progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._t0 = time.monotonic()
+        self.progress = progress or self._print_progress
         self.measurements: List[dict] = []
         self.max_batch: List[dict] = []
         self._small: Dict[Tuple[str, str, str], dict] = {}
+
+    def _print_progress(self, line: str) -> None:
+        # "..." lines announce a measurement; on a terminal the result line overwrites them
+        if line.endswith("..."):
+            if sys.stderr.isatty():
+                print(f"{self._elapsed()} {line}", end="\r", file=sys.stderr, flush=True)
+            return
+        print(f"{self._elapsed()} {line}", file=sys.stderr, flush=True)
+
+    def _elapsed(self) -> str:
+        t = int(time.monotonic() - self._t0)
+        return f"{t // 60:3d}:{t % 60:02d}"
 
     # -------------------------------------------------------------------------------------------------
     def _spec(self, impl: str, batch: int, dtype: str, estimator: str, *, warmup=None, reps=None) -> dict:
@@ -201,7 +214,7 @@ class Harness:
         entry = _impls.get(impl)
         row = {"impl": impl, "framework": entry.framework, "kind": entry.kind, "batch": batch, "dim": self.s.dim,
                "dtype": dtype, "device": self.s.device, "estimator": estimator}
-        self.progress(f"  {label}{impl:<16} {dtype:<9} B={batch:<6} ...")
+        self.progress(f"{label}{impl:<16} {dtype:<9} B={batch:<6} ...")
         small = self.small_run(impl, dtype, estimator)
         if small["status"] != "ok":
             res = dict(small, status="error", times_s=[],
@@ -224,7 +237,7 @@ class Harness:
         if row["status"] == "ok" and extra is not None and extra > self.s.budget_bytes:
             row["status"] = "over_budget"
             row["message"] = f"peak {format_bytes(extra)} above the small-batch run exceeds the budget"
-        self.progress(f"  {label}{impl:<16} {dtype:<9} B={batch:<6} {self._summary(row)}")
+        self.progress(f"{label}{impl:<16} {dtype:<9} B={batch:<6} {self._summary(row)}")
         if record:
             self.measurements.append(row)
         return row

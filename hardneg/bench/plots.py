@@ -10,7 +10,16 @@ from typing import Dict, List
 
 __all__ = ["write_plots"]
 
-_STYLE = {"backend": "-", "naive": "--", "floor": ":", "external": "-.", "custom": "-"}
+# Colour says the framework, line style the kind (solid backend, dashed naive, dotted floor, dash-dot other).
+_COLOR = {"torch": "tab:red", "jax": "tab:blue", "tf": "tab:green"}
+_STYLE = {"backend": "-", "naive": "--", "floor": ":", "external": "-.", "custom": "-."}
+_EXTRA = {"lightly_ntxent": "tab:purple", "pml_ntxent": "tab:brown"}
+
+
+def _style(impl: str, kind: str, framework: str) -> dict:
+    xla = impl.endswith("_xla")
+    return {"color": _EXTRA.get(impl, _COLOR.get(framework, "tab:gray")), "linestyle": _STYLE.get(kind, "-"),
+            "marker": "s" if xla else "o", "markerfacecolor": "white" if xla else None}
 
 
 def _figure(data: dict, estimator: str, metric: str, path: str) -> None:
@@ -36,13 +45,13 @@ def _figure(data: dict, estimator: str, metric: str, path: str) -> None:
             if metric == "time":
                 ys = [m["median_s"] for m in pts]
             else:
-                ys = [max(m["extra_bytes"], 1) / 2**20 for m in pts]  # log axis: clip the noise floor at 1 byte
-            ax.plot(xs, ys, _STYLE.get(pts[0]["kind"], "-"), marker="o", label=impl)
+                ys = [max(m["extra_bytes"], 1) / 1e6 for m in pts]  # log axis: clip the noise floor at 1 byte
+            ax.plot(xs, ys, label=impl, **_style(impl, pts[0]["kind"], pts[0]["framework"]))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("batch B (pairs)")
         ax.set_ylabel("forward+backward time per step (s)" if metric == "time"
-                      else f"peak memory above B={s['small_batch']} run (MiB)")
+                      else f"peak memory above B={s['small_batch']} run (MB)")
         ax.set_title(f"{dtype}, estimator={estimator}, d={s['dim']}, {s['device']}")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
