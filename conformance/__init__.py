@@ -5,13 +5,24 @@ calls the target through its framework (gradients by its own autodiff), compares
 float64 reference within tolerances derived from each example's conditioning, checks the error contract,
 special cases, invariances, non-finite inputs and determinism, and returns a :class:`Report` whose failures carry
 runnable snippets. ``hardneg verify`` is the command line; ``conformance/vectors/*.json`` are golden vectors for
-ports in other languages. No framework is imported until a target of that framework is verified.
+ports in other languages (docs/conformance.md). Importing the package is cheap: Hypothesis and the frameworks are
+imported when a verification runs.
 """
 
-from .report import Failure, FeatureResult, Report
-from .verify import BACKENDS, DEFAULT_MAX_EXAMPLES, FEATURES, backend_target, installed_backends, verify
+from .backends import BACKENDS, DEFAULT_MAX_EXAMPLES, backend_target, installed_backends
 
 __all__ = [
     "verify", "Report", "FeatureResult", "Failure", "BACKENDS", "FEATURES", "DEFAULT_MAX_EXAMPLES",
     "backend_target", "installed_backends",
 ]
+
+_LAZY = {"verify": "verify", "FEATURES": "verify", "Report": "report", "FeatureResult": "report", "Failure": "report"}
+
+
+def __getattr__(name):  # PEP 562: the heavy modules load on first use
+    if name in _LAZY:
+        import importlib
+
+        mod = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(mod, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -316,18 +316,17 @@ def exact_tie_cases(dtype: str = "float64") -> List[Case]:
         (np.stack([e[0], e[2]]), np.stack([e[1], e[2]]), np.stack([e[0], e[0], e[3], -e[0]])),
         (np.stack([e[0], e[1]]), np.stack([e[0], e[1]]), np.stack([[e[2], e[2], e[1]], [e[0], e[0], e[0]]])),
     ]
-    for t in (0.5, 0.25):
-        for tau in (0.0, 0.1, 0.5):
-            for z1, z2, bank in configs:
-                for red, cot in (("mean", 1.0), ("none", None)):
-                    A = 2 * len(z1) if bank is None else len(z1)
-                    c = np.linspace(-1.0, 2.0, A) if cot is None else cot
-                    out.append(Case(
-                        z1=z1.copy(), z2=z2.copy(), negatives=None if bank is None else bank.copy(), dtype=dtype,
-                        params=dict(temperature=t, beta=math.inf, tau_plus=tau, estimator="hard", clamp=True,
-                                    normalize=True, reduction=red),
-                        cotangent=np.round(c * 4) / 4 if cot is None else cot, origin={"exact_ties": True},
-                    ))
+    for i, (z1, z2, bank) in enumerate(configs):
+        t, tau = (0.5, 0.25)[i % 2], (0.0, 0.1, 0.5, 0.9)[i]
+        for red, cot in (("mean", 1.0), ("none", None)):
+            A = 2 * len(z1) if bank is None else len(z1)
+            c = np.round(np.linspace(-1.0, 2.0, A) * 4) / 4 if cot is None else cot
+            out.append(Case(
+                z1=z1.copy(), z2=z2.copy(), negatives=None if bank is None else bank.copy(), dtype=dtype,
+                params=dict(temperature=t, beta=math.inf, tau_plus=tau, estimator="hard", clamp=True,
+                            normalize=True, reduction=red),
+                cotangent=c, origin={"exact_ties": True},
+            ))
     return out
 
 

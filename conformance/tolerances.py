@@ -347,7 +347,8 @@ def _norm_back(dgu, gabs, u, N, normalize, d, u_r, tiny_c, n_terms):
         return dgu + (n_terms + d + 2) * tiny_c
     ua = np.abs(u)
     out = (_proj(ua, dgu) + (2 * d + 7) * u_r * _proj(ua, gabs, 2.0)) / N
-    return out + (n_terms + d + 2) * tiny_c / N
+    # flush-to-zero of intermediates before (/N) and after the division (the d + 2 terms of the projection)
+    return out + (n_terms + d + 2) * tiny_c / N + (d + 4) * tiny_c
 
 
 def bounds(case: Case, reference_value=None, reference_grads=None, want_grad: bool = True) -> Bounds:

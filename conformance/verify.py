@@ -10,7 +10,6 @@ reported with a runnable snippet (:mod:`conformance.snippets`).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 import time
@@ -21,18 +20,13 @@ import numpy as np
 
 from . import checks, snippets
 from .adapters import Adapter, NumpyAdapter, get_adapter, resolve_target, target_path
+from .backends import BACKENDS, DEFAULT_MAX_EXAMPLES, backend_target, installed_backends  # noqa: F401
 from .cases import Case
 from .report import FAILED, PASSED, SKIPPED, UNSUPPORTED, Failure, FeatureResult, Report
 from .reproduce import relation_closed_form, relation_permutation, relation_rescaling
 from .strategies import Space, cases
 
 __all__ = ["verify", "BACKENDS", "FEATURES", "installed_backends", "backend_target", "DEFAULT_MAX_EXAMPLES"]
-
-#: backend name -> (module providing ``hcl_loss``, framework it is verified in)
-BACKENDS = {"torch": ("hardneg_torch", "torch"), "jax": ("hardneg_jax", "jax"), "tf": ("hardneg_tf", "tensorflow")}
-
-#: examples per numeric feature by default (the other features draw fewer; see ``_counts``)
-DEFAULT_MAX_EXAMPLES = 12
 
 #: name -> description, in the order they run
 FEATURES = {
@@ -62,31 +56,6 @@ _OPTION_OF = {  # feature -> probe it needs
     "unnormalized": "unnormalized", "bank_shared": "shared", "bank_per_anchor": "per_anchor", "labels": "labels",
     "labels_bank": "labels_bank", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
 }
-
-
-def backend_target(name: str) -> Tuple[Optional[Callable], str, str]:
-    """``(hcl_loss or None, framework, reason)`` for a backend of :data:`BACKENDS`.
-
-    A backend counts as installed when both its framework and its module import.
-    """
-    module, framework = BACKENDS[name]
-    try:
-        importlib.import_module(framework)
-    except ImportError as e:
-        return None, framework, f"not installed ({framework} does not import: {e})"
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        return None, framework, f"not installed ({module} does not import: {e})"
-    fn = getattr(mod, "hcl_loss", None)
-    if fn is None:
-        return None, framework, f"not installed ({module} has no hcl_loss)"
-    return fn, framework, ""
-
-
-def installed_backends() -> List[str]:
-    """Names of the backends in :data:`BACKENDS` whose framework and module both import."""
-    return [n for n in BACKENDS if backend_target(n)[0] is not None]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -320,9 +289,13 @@ def _compare_body(ctx: _Ctx, feature: str):
 
 def _special_body(ctx: _Ctx):
     compare_body = _compare_body(ctx, "special_cases")
+    ties = [c for c in checks.exact_tie_cases(ctx.base) if _tie_supported(ctx, c)]
 
     def body(ex):
-        case, mode = ex
+        case, mode, k = ex
+        if mode == "exact_ties":
+            # beta = inf on maxima tied in exact arithmetic: the gradient must split evenly (no slack)
+            case = ties[k % len(ties)]
         case = replace(case, params=dict(case.params))
         p = case.params
         if mode == "debiased":
@@ -331,10 +304,12 @@ def _special_body(ctx: _Ctx):
             p.update(estimator="easy")
         elif mode == "ntxent_hard":
             p.update(beta=0.0, tau_plus=0.0, clamp=False, estimator="hard")
-        else:
+        elif mode == "beta_inf":
             p.update(beta=math.inf, estimator="hard")
         out = compare_body(case)
         if out is None or not out[0].ok:
+            if out is not None and mode == "exact_ties":
+                out[0].check = "beta = inf, exact ties"
             return out
         try:
             o, err = _call(ctx, case, want_grad=False)
@@ -347,7 +322,14 @@ def _special_body(ctx: _Ctx):
         res.grad_frac = out[0].grad_frac
         return res, lambda: snippets.relation_snippet(_title("special_cases", res.check, case),
                                                       ctx.adapter.framework, ctx.path, "closed_form", case, case, {})
-    return body
+    return body, bool(ties)
+
+
+def _tie_supported(ctx: _Ctx, case: Case) -> bool:
+    s = ctx.supported
+    if case.negatives is not None and not s["shared" if case.negatives.ndim == 2 else "per_anchor"]:
+        return False
+    return s["beta_inf"] and (case.params["reduction"] != "none" or s["none"])
 
 
 def _invariance_body(ctx: _Ctx):
@@ -441,7 +423,7 @@ def _run_errors(ctx: _Ctx, fres: FeatureResult) -> None:
 def _counts(max_examples: int) -> Dict[str, int]:
     n = max(1, int(max_examples))
     return {
-        "special_cases": max(2, n // 2), "invariances": max(2, n // 2), "nonfinite": max(2, n // 3),
+        "special_cases": max(3, n), "invariances": max(2, n // 2), "nonfinite": max(2, n // 3),
         "determinism": max(2, n // 4), "errors": 0,
     }
 
@@ -454,7 +436,7 @@ def planned_examples(max_examples: int, features: Optional[Iterable[str]] = None
     return sum(n_err if f == "errors" else c.get(f, max_examples) for f in feats)
 
 
-def verify(target, framework: str = "numpy", max_examples: int = DEFAULT_MAX_EXAMPLES, seed: int = 0,
+def verify(target, framework: str = "numpy", max_examples: Optional[int] = None, seed: int = 0,
            dtypes: Optional[Sequence[str]] = None, features: Optional[Sequence[str]] = None, *,
            progress: Optional[Callable[[str, int], None]] = None, shrink_budget: int = 48,
            fail_fast: bool = False) -> Report:
@@ -467,8 +449,9 @@ def verify(target, framework: str = "numpy", max_examples: int = DEFAULT_MAX_EXA
     framework : {"numpy", "torch", "jax", "tensorflow"}, default "numpy"
         How inputs are built and gradients taken (the framework's autodiff; a NumPy target's gradients come from
         its ``<name>_and_grad`` twin, or are not checked without one).
-    max_examples : int, default 12
+    max_examples : int, optional
         Examples per numeric feature (the relation features draw fewer; the error contract runs all its cases).
+        Default :data:`DEFAULT_MAX_EXAMPLES` of the framework (numpy 12, torch 8, tensorflow 4, jax 2).
     seed : int, default 0
         Hypothesis seed: the same seed draws the same examples.
     dtypes : sequence of str, optional
@@ -493,6 +476,8 @@ def verify(target, framework: str = "numpy", max_examples: int = DEFAULT_MAX_EXA
 
     fn = resolve_target(target)
     adapter = get_adapter(framework)
+    if max_examples is None:
+        max_examples = DEFAULT_MAX_EXAMPLES[adapter.framework]
     path = target_path(fn) or (target if isinstance(target, str) and ":" in target else None)
     want_grad = adapter.has_autodiff or NumpyAdapter.twin(fn) is not None
     grads_mode = ("autodiff" if adapter.has_autodiff else
@@ -533,13 +518,16 @@ def verify(target, framework: str = "numpy", max_examples: int = DEFAULT_MAX_EXA
         if name == "errors":
             _run_errors(ctx, fres)
         elif name == "special_cases":
+            body, has_ties = _special_body(ctx)
             modes = ["debiased", "ntxent_easy" if supported["easy"] else "debiased"]
             modes += ["ntxent_hard"] if supported["clamp_off"] else []
-            modes += ["beta_inf"] if supported["beta_inf"] else []
+            modes += ["beta_inf", "exact_ties"] if supported["beta_inf"] and has_ties else []
             sp = replace(space, normalizes=(True,), estimators=("hard",), clamps=(True,), betas="finite")
-            if supported["beta_inf"]:
-                _run_exact_ties(ctx, fres)
-            _run_hypothesis(ctx, fres, hst.tuples(cases(sp), hst.sampled_from(modes)), _special_body(ctx), n)
+            for mode in dict.fromkeys(modes):  # each special case gets its share of the examples
+                _run_hypothesis(ctx, fres, hst.tuples(cases(sp), hst.just(mode), hst.integers(0, 63)), body,
+                                max(1, n // len(set(modes))))
+                if fres.status == FAILED:
+                    break
         elif name == "invariances":
             _run_hypothesis(ctx, fres, hst.tuples(cases(space), hst.sampled_from(["permutation", "rescaling"]),
                                                   hst.integers(0, 2**31)), _invariance_body(ctx), n)
@@ -554,26 +542,3 @@ def verify(target, framework: str = "numpy", max_examples: int = DEFAULT_MAX_EXA
         if fail_fast and fres.status == FAILED:
             break
     return report
-
-
-def _run_exact_ties(ctx: _Ctx, fres: FeatureResult) -> None:
-    """beta = inf on exactly tied maxima: the gradient must split evenly (no slack)."""
-    body = _compare_body(ctx, "special_cases")
-    for case in checks.exact_tie_cases(ctx.base):
-        if case.negatives is not None and not ctx.supported["shared" if case.negatives.ndim == 2 else "per_anchor"]:
-            continue
-        if case.params["reduction"] == "none" and not ctx.supported["none"]:
-            continue
-        out = body(case)
-        if out is None:
-            continue
-        res, snip = out
-        fres.examples += 1
-        fres.record(res.value_frac, res.grad_frac)
-        if ctx.progress:
-            ctx.progress(fres.name, 1)
-        if not res.ok:
-            fres.status = FAILED
-            res.check = "beta = inf, exact ties"
-            fres.failures.append(Failure(fres.name, res.check, res.message(), snip(), case.summary()))
-            return

@@ -29,9 +29,9 @@ from .rows import Needs, Statics, block_rows
 __all__ = ["DEFAULT_MEMORY_BUDGET", "LIVE_ROWS", "rows_per_block", "Inputs", "PassOut", "run_pass"]
 
 #: Default transient working memory of the blocked computation, in bytes (``memory_budget=None``).
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
+DEFAULT_MEMORY_BUDGET = 64 * 2**20
 #: (R, C) compute-dtype arrays live at once in a block (similarities, two exponentials, gradient, XLA temporaries).
-LIVE_ROWS = 8
+LIVE_ROWS = 4
 
 
 def rows_per_block(n_anchors: int, n_cols: int, itemsize: int, budget: Optional[int], per_row_extra: int = 0) -> int:
@@ -113,6 +113,18 @@ def _starts(b, R, A):
     return start, owned
 
 
+def _zero_like_all(*xs) -> jax.Array:
+    """A scalar 0 carrying the union of the inputs' manual-axis types (inside ``shard_map``, scan carries must
+    start with the varying-ness that the body gives them; ``full_like`` keeps it, and adding zeros is exact)."""
+    zero = None
+    for v in xs:
+        if v is None:
+            continue
+        z = lax.full_like(v, 0, dtype=jnp.float32, shape=())
+        zero = z if zero is None else zero + z
+    return zero
+
+
 def run_pass(
     st: Statics,
     x: Inputs,
@@ -128,9 +140,11 @@ def run_pass(
     -------
     PassOut with gradients w.r.t. the normalised rows (before dividing back through the normalisation).
     """
+    base = _zero_like_all(x.U, x.U2, x.V, x.anchors, x.lab, x.nlab, t, beta, tau, c).astype(x.U.dtype)
+    zeros = lambda shape: jnp.zeros(shape, x.U.dtype) + base  # noqa: E731
     if st.bank == "none":
-        return _in_batch(st, x, t, beta, tau, c, needs)
-    return _bank(st, x, t, beta, tau, c, needs)
+        return _in_batch(st, x, t, beta, tau, c, needs, zeros)
+    return _bank(st, x, t, beta, tau, c, needs, zeros)
 
 
 def _hp_sums(out, needs, cd):
@@ -142,7 +156,7 @@ def _hp_sums(out, needs, cd):
     )
 
 
-def _in_batch(st, x: Inputs, t, beta, tau, c, needs):
+def _in_batch(st, x: Inputs, t, beta, tau, c, needs, zeros):
     U, anchors = x.U, x.anchors
     cd = U.dtype
     n = U.shape[0]
@@ -178,11 +192,11 @@ def _in_batch(st, x: Inputs, t, beta, tau, c, needs):
         ht, hb, htau = _hp_sums(out, needs, cd)
         return (loss_acc, da_acc, gU, gt + ht, gb + hb, gtau + htau), None
 
-    z = jnp.zeros((), cd)
+    z = zeros(())
     if not grad:
-        (loss,), _ = lax.scan(block, (jnp.zeros((A,), cd),), jnp.arange(nb))
+        (loss,), _ = lax.scan(block, (zeros((A,)),), jnp.arange(nb))
         return PassOut(loss)
-    init = (jnp.zeros((A,), cd), jnp.zeros((A,), cd), jnp.zeros_like(U) if needs.arrays else z, z, z, z)
+    init = (zeros((A,)), zeros((A,)), zeros(U.shape) if needs.arrays else z, z, z, z)
     (loss, da, gU, gt, gb, gtau), _ = lax.scan(block, init, jnp.arange(nb))
     if needs.arrays:
         # The positive entries G[i, p(i)] = da_i, in both of their roles.
@@ -193,7 +207,7 @@ def _in_batch(st, x: Inputs, t, beta, tau, c, needs):
     return PassOut(loss, gU, None, None, gt, gb, gtau)
 
 
-def _bank(st, x: Inputs, t, beta, tau, c, needs):
+def _bank(st, x: Inputs, t, beta, tau, c, needs, zeros):
     U1, U2, V = x.U, x.U2, x.V
     cd = U1.dtype
     A = U1.shape[0]
@@ -235,12 +249,12 @@ def _bank(st, x: Inputs, t, beta, tau, c, needs):
         ht, hb, htau = _hp_sums(out, needs, cd)
         return (loss_acc, da_acc, gU1, gV, gt + ht, gb + hb, gtau + htau), None
 
-    z = jnp.zeros((), cd)
+    z = zeros(())
     if not grad:
-        (loss,), _ = lax.scan(block, (jnp.zeros((A,), cd),), jnp.arange(nb))
+        (loss,), _ = lax.scan(block, (zeros((A,)),), jnp.arange(nb))
         return PassOut(loss)
     arr = needs.arrays
-    init = (jnp.zeros((A,), cd), jnp.zeros((A,), cd), jnp.zeros_like(U1) if arr else z, jnp.zeros_like(V) if arr else z, z, z, z)
+    init = (zeros((A,)), zeros((A,)), zeros(U1.shape) if arr else z, zeros(V.shape) if arr else z, z, z, z)
     (loss, da, gU1, gV, gt, gb, gtau), _ = lax.scan(block, init, jnp.arange(nb))
     if not arr:
         return PassOut(loss, None, None, None, gt, gb, gtau)

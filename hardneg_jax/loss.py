@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import Any, Optional
@@ -168,7 +169,7 @@ def hcl_loss(
     t_chk, t_val = _hyper("temperature", temperature)
     b_chk, b_val = _hyper("beta", beta)
     tp_chk, tp_val = _hyper("tau_plus", tau_plus)
-    problem = check_call(
+    call = dict(
         z1_shape=_shape(z1),
         z2_shape=_shape(z2),
         z1_dtype=_dtype_name(z1),
@@ -187,6 +188,21 @@ def hcl_loss(
         negative_labels_shape=_shape(negative_labels),
         negative_labels_dtype=_dtype_name(negative_labels),
     )
+    world = 1 if axis_name is None else collectives.axis_size(axis_name)
+    gathering = axis_name is not None and negatives is None
+    one_pair = gathering and len(call["z1_shape"]) == 2 and call["z1_shape"][0] == 1
+    if one_pair:
+        # One local pair is fine when the gathered batch has >= 2: check the local call without its batch
+        # size, then the global one (as hardneg_torch does under gather=True).
+        hide = lambda shp: None if shp is None else (None,) + tuple(shp[1:])  # noqa: E731
+        check_call(**{**call, "z1_shape": hide(call["z1_shape"]), "z2_shape": hide(call["z2_shape"]),
+                      "labels_shape": hide(call["labels_shape"])})
+        glob = lambda shp: None if shp is None else (world * shp[0],) + tuple(shp[1:])  # noqa: E731
+        problem = check_call(**{**call, "z1_shape": glob(call["z1_shape"]), "z2_shape": glob(call["z2_shape"]),
+                                "labels_shape": glob(call["labels_shape"])})
+        problem = dataclasses.replace(problem, batch=1, n_anchors=2)
+    else:
+        problem = check_call(**call)
     _check_budget(memory_budget)
 
     z1, z2 = jnp.asarray(z1), jnp.asarray(z2)
@@ -204,12 +220,10 @@ def hcl_loss(
 
     B, d = problem.batch, problem.dim
     itemsize = cd.itemsize
-    world, row0, distributed = 1, None, False
-    if axis_name is not None:
-        world = collectives.axis_size(axis_name)
-        if problem.bank == "none":
-            g = collectives.gather_batch(z1, z2, lab, axis_name)
-            z1, z2, lab, row0, distributed = g.z1, g.z2, g.labels, g.row0, True
+    row0, distributed = None, False
+    if gathering:
+        g = collectives.gather_batch(z1, z2, lab, axis_name)
+        z1, z2, lab, row0, distributed = g.z1, g.z2, g.labels, g.row0, True
     if problem.bank == "none":
         block = rows_per_block(2 * B, 2 * B * world, itemsize, memory_budget)
     elif problem.bank == "shared":

@@ -62,10 +62,9 @@ def _block(S: torch.Tensor, T: Optional[torch.Tensor], count: torch.Tensor, a: t
     zero = torch.zeros((), dtype=S.dtype, device=S.device)
     m = torch.where(has, S.amax(dim=1), zero)
     S.sub_(m[:, None])  # -inf stays -inf: masked entries contribute exp(-inf) = 0 below
-    s1 = s0 = top = k = None
+    s1 = s0 = None
     if math.isinf(beta):
-        top = S == 0.0  # the maxima; rows without negatives have none
-        k = top.sum(dim=1).clamp_min(1)
+        pass  # lr = log M + m needs no sums; the maxima are found below if the gradient is wanted
     elif beta == 0.0:
         S.exp_()
         s1, s0 = S.sum(dim=1), count
@@ -84,9 +83,10 @@ def _block(S: torch.Tensor, T: Optional[torch.Tensor], count: torch.Tensor, a: t
     cr = rho * (coef / t)
     qa = da * (coef / t)
     one = torch.ones((), dtype=S.dtype, device=S.device)
-    if math.isinf(beta):
-        torch.mul(top, (cr / k)[:, None], out=T)
-        return loss, qa, T
+    if math.isinf(beta):  # w = 1/k on the k maxima (S == 0 after the shift); rows without negatives have none
+        torch.where(S == 0.0, one, torch.zeros((), dtype=S.dtype, device=S.device), out=T)
+        k = T.sum(dim=1).clamp_min(1.0)
+        return loss, qa, T.mul_((cr / k)[:, None])
     if beta == 0.0:
         return loss, qa, S.mul_((cr / torch.where(has, s1, one))[:, None])
     alpha = cr * (1.0 + beta) / torch.where(has, s1, one)

@@ -67,8 +67,9 @@ class HCLFunction(torch.autograd.Function):
             value = loss if call.reduction == "none" else loss.sum() * call.scale
         value = value.to(z1.dtype)
         if grads is None:
-            empty = z1.new_empty((0,), dtype=core.compute_dtype(z1.dtype))
-            return value, empty, empty, empty
+            # three distinct tensors: dynamo maps each output to its own gradient input
+            cdt = core.compute_dtype(z1.dtype)
+            return value, z1.new_empty((0,), dtype=cdt), z1.new_empty((0,), dtype=cdt), z1.new_empty((0,), dtype=cdt)
         g1, g2, gn = grads
         return value, g1, g2, (z1.new_empty((0,), dtype=g1.dtype) if gn is None else gn)
 
@@ -79,7 +80,10 @@ class HCLFunction(torch.autograd.Function):
         ctx.mark_non_differentiable(g1, g2, gn)
         ctx.call = call
         ctx.fused = g1.numel() > 0
-        ctx.save_for_backward(z1, z2, negatives, labels, negative_labels, g1, g2, gn)
+        if ctx.fused:
+            ctx.save_for_backward(z1, z2, negatives, labels, negative_labels, g1, g2, gn)
+        else:
+            ctx.save_for_backward(z1, z2, negatives, labels, negative_labels, None, None, None)
 
     @staticmethod
     def backward(ctx, grad_value, _g1, _g2, _gn):

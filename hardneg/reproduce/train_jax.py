@@ -51,7 +51,18 @@ def loss_and_grads(params: Dict[str, np.ndarray], x1, x2, loss_kwargs: dict) -> 
     return float(loss), {n: np.asarray(g) for n, g in zip(names, grads)}
 
 
+_STEPS: Dict[tuple, Callable] = {}
+
+
 def _make_step(loss_kwargs: dict, lr: float, weight_decay: float, adam: dict):
+    # One jitted step per recipe, reused across seeds (compiling it again for each run would cost seconds).
+    key = (tuple(sorted(loss_kwargs.items())), lr, weight_decay, tuple(sorted(adam.items())))
+    if key not in _STEPS:
+        _STEPS[key] = _build_step(loss_kwargs, lr, weight_decay, adam)
+    return _STEPS[key]
+
+
+def _build_step(loss_kwargs: dict, lr: float, weight_decay: float, adam: dict):
     b1, b2, eps = adam["beta1"], adam["beta2"], adam["eps"]
 
     @jax.jit

@@ -1,0 +1,252 @@
+"""``hardneg verify``: run the conformance suite on the installed backends or on any target.
+
+    hardneg verify [--backend torch|jax|tf|all] [--target MODULE:FUNCTION --framework numpy|torch|jax|tensorflow]
+                   [--max-examples N] [--seed S] [--json PATH]
+
+Without arguments every installed backend of :data:`conformance.BACKENDS` is verified; a progress bar runs on
+stderr, then a table (backend, framework version, device, features verified, examples, worst value and gradient
+error as a fraction of tolerance, verdict) and, for each failure, a runnable snippet that reproduces it. The exit
+status is 1 when anything failed. Several backends run in worker processes, two at a time (each framework in its
+own process: JAX and TensorFlow spend their time compiling, on different cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Dict, List, Optional
+
+__all__ = ["add_arguments", "run", "DEFAULT_EXAMPLES"]
+
+from .backends import DEFAULT_MAX_EXAMPLES as DEFAULT_EXAMPLES  # noqa: E402 - per framework, see backends.py
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=["torch", "jax", "tf", "all"], default=None,
+                        help="verify this backend (default: every installed backend)")
+    parser.add_argument("--target", metavar="MODULE:FUNCTION", default=None,
+                        help="verify any implementation with the spec's signature (requires --framework)")
+    parser.add_argument("--framework", choices=["numpy", "torch", "jax", "tensorflow"], default=None,
+                        help="framework of --target: inputs are built and gradients taken in it")
+    parser.add_argument("--max-examples", type=int, default=None, metavar="N",
+                        help="examples per feature (default: %s)" % ", ".join(
+                            f"{k} {v}" for k, v in DEFAULT_EXAMPLES.items()))
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="Hypothesis seed (default 0)")
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the full reports as JSON")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+
+
+# --------------------------------------------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A one-line progress bar on stderr (plain lines when stderr is not a terminal)."""
+
+    def __init__(self, total: int, stream=None):
+        self.total, self.done = max(1, total), 0
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.label = ""
+        self.last = 0.0
+        self.t0 = time.perf_counter()
+        self.seen: set = set()
+
+    def update(self, label: str, n: int = 1) -> None:
+        self.done = min(self.total, self.done + n)
+        self.label = label
+        now = time.perf_counter()
+        if self.tty and (now - self.last > 0.1 or self.done == self.total):
+            width = 30
+            k = int(width * self.done / self.total)
+            self.stream.write(f"\r[{'#' * k}{'.' * (width - k)}] {100 * self.done // self.total:3d}% "
+                              f"{time.perf_counter() - self.t0:5.0f}s  {label[:40]:<40}")
+            self.stream.flush()
+            self.last = now
+        elif not self.tty and label not in self.seen:
+            self.seen.add(label)
+            self.stream.write(f"  ... {label}\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\r" + " " * 90 + "\r")
+            self.stream.flush()
+
+
+# ----------------------------------------------------------------------------------------------------- running
+
+
+def _examples(args, framework: str) -> int:
+    return args.max_examples if args.max_examples is not None else DEFAULT_EXAMPLES.get(framework, 6)
+
+
+def _verify_one(name: str, target, framework: str, args, progress) -> "object":
+    from .verify import verify
+
+    return verify(target, framework=framework, max_examples=_examples(args, framework), seed=args.seed,
+                  progress=(lambda feature, n: progress(f"{name}: {feature}", n)) if progress else None)
+
+
+def _worker(args) -> int:
+    """Verify one backend, printing progress lines and finally the report as one JSON line (internal)."""
+    from .backends import backend_target
+
+    fn, framework, why = backend_target(args.backend)
+    if fn is None:
+        key = "not_installed" if why.startswith("not installed") else "crashed"
+        print(json.dumps({key: why}), flush=True)
+        return 0
+
+    def progress(label, n):
+        print("P\t" + label, flush=True)
+
+    rep = _verify_one(args.backend, fn, framework, args, progress)
+    print("R\t" + rep.to_json(indent=None), flush=True)
+    return 0
+
+
+def _run_workers(names: List[str], args, bar: _Progress) -> Dict[str, dict]:
+    """Run backends in worker processes, two at a time; returns name -> report dict (or not_installed)."""
+    jobs = max(1, min(2, os.cpu_count() or 1))
+    pending = list(names)
+    running: Dict[str, subprocess.Popen] = {}
+    results: Dict[str, dict] = {}
+    lines: "queue.Queue" = queue.Queue()
+
+    def pump(name, proc):
+        for line in proc.stdout:
+            lines.put((name, line.rstrip("\n")))
+        lines.put((name, None))
+
+    def start(name):
+        cmd = [sys.executable, "-m", "conformance.cli", "--worker", "--backend", name, "--seed", str(args.seed)]
+        if args.max_examples is not None:
+            cmd += ["--max-examples", str(args.max_examples)]
+        env = dict(os.environ)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        err = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty framework cannot block the worker
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        proc.errfile = err
+        running[name] = proc
+        threading.Thread(target=pump, args=(name, proc), daemon=True).start()
+
+    while pending or running:
+        while pending and len(running) < jobs:
+            start(pending.pop(0))
+        name, line = lines.get()
+        if line is None:
+            proc = running.pop(name)
+            proc.wait()
+            proc.errfile.seek(0)
+            err = proc.errfile.read()[-3000:]
+            proc.errfile.close()
+            if name not in results:
+                results[name] = {"crashed": f"worker exited with status {proc.returncode}: {err}"}
+            continue
+        if line.startswith("P\t"):
+            bar.update(line[2:])
+        elif line.startswith("R\t"):
+            results[name] = json.loads(line[2:])
+        elif line.startswith("{"):
+            results[name] = json.loads(line)
+    return results
+
+
+def _fmt(x: Optional[float]) -> str:
+    return "-" if x is None else f"{x:.2g}"
+
+
+def _row(name: str, d: dict) -> List[str]:
+    if "not_installed" in d:
+        return [name, "-", "-", "-", "-", "-", "-", d["not_installed"]]
+    if "crashed" in d:
+        return [name, "-", "-", "-", "-", "-", "-", "ERROR (the worker crashed)"]
+    return [name, f"{d['framework']} {d['framework_version']}", d["device"], d["features_verified"],
+            str(d["examples"]), _fmt(d["worst_value"]), _fmt(d["worst_grad"]), d["verdict"]]
+
+
+def run(args) -> int:
+    from .backends import BACKENDS
+    from .report import format_table
+    from .verify import planned_examples
+
+    if args.worker:
+        return _worker(args)
+    if args.target and not args.framework:
+        print("hardneg verify: --target needs --framework (numpy, torch, jax or tensorflow)", file=sys.stderr)
+        return 2
+    if args.framework and not args.target:
+        print("hardneg verify: --framework goes with --target", file=sys.stderr)
+        return 2
+    import hardneg
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    results: Dict[str, dict] = {}
+    t0 = time.perf_counter()
+    if args.target:
+        from .adapters import resolve_target
+
+        fw = {"tf": "tensorflow"}.get(args.framework, args.framework)
+        n = _examples(args, fw)
+        print(f"hardneg verify: {args.target} ({fw}) against spec {hardneg.SPEC_VERSION}, seed {args.seed}, "
+              f"{n} examples per feature", file=sys.stderr)
+        bar = _Progress(planned_examples(n))
+        try:
+            target = resolve_target(args.target)
+        except Exception as e:  # noqa: BLE001
+            print(f"hardneg verify: cannot import {args.target}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+        rep = _verify_one(args.target, target, fw, args, bar.update)
+        bar.close()
+        results[args.target] = rep.to_dict()
+    else:
+        names = list(BACKENDS) if args.backend in (None, "all") else [args.backend]
+        order = sorted(names, key=lambda n: {"jax": 0, "tf": 1, "torch": 2}.get(n, 3))  # slowest first
+        total = sum(planned_examples(_examples(args, BACKENDS[n][1])) for n in names)
+        print(f"hardneg verify: backends {', '.join(names)} against spec {hardneg.SPEC_VERSION}, seed {args.seed}"
+              + ("" if args.max_examples is None else f", {args.max_examples} examples per feature"),
+              file=sys.stderr)
+        bar = _Progress(total)
+        results = _run_workers(order, args, bar)
+        bar.close()
+        results = {n: results[n] for n in names}
+
+    header = ["backend", "framework", "device", "features verified", "examples", "worst value err",
+              "worst grad err", "verdict"]
+    print(format_table([_row(n, d) for n, d in results.items()], header))
+    print("(errors are fractions of each example's derived tolerance: <= 1 conforms; docs/conformance.md)")
+    failed = False
+    for name, d in results.items():
+        if "crashed" in d:
+            failed = True
+            print(f"\n{name}: {d['crashed']}")
+        for fr in d.get("features", []):
+            for f in fr["failures"]:
+                failed = True
+                print(f"\n=== {name}: feature '{f['feature']}' failed: {f['check']}\n{f['message']}\n"
+                      f"example: {f['case']}\n--- snippet (paste into Python) ---\n{f['snippet']}")
+            if fr["status"] == "not supported":
+                print(f"{name}: feature '{fr['name']}' not supported (the target raised NotImplementedError)")
+    print(f"\n{'FAIL' if failed else 'PASS'} in {time.perf_counter() - t0:.0f} s")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"spec_version": hardneg.SPEC_VERSION, "seed": args.seed, "ok": not failed,
+                       "results": results}, fh, indent=2, default=str)
+    return 1 if failed else 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m conformance.cli")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""hardneg_torch values and gradients equal the NumPy reference, feature by feature and dtype by dtype.
+
+The conformance suite (``hardneg verify --backend torch``) sweeps the whole parameter space; these tests pin
+each feature of the torch backend once, including its own machinery (row blocks of one row, the fused
+forward for "mean"/"sum" vs. the recomputing backward for "none", half precision in float32 inside).
+
+Tolerances. The reference is evaluated on the inputs converted exactly to float64, so the difference is
+the backend's own rounding. A logit s = u.v/t carries an absolute error of about eps/t, and the exponents
+(1 + beta) s amplify it, so values and gradients are compared with an error budget of
+``C * eps * (2 + beta) / t`` relative to their magnitude (C = 64 covers the sums over n terms, which torch
+evaluates pairwise); for float16/bfloat16 add the final rounding of the output to the input dtype (2 eps).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import hardneg  # noqa: E402
+from hardneg_torch import hcl_loss  # noqa: E402
+
+EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+B, D = 6, 5
+
+
+def _tol(dtype, kw):
+    t = kw.get("temperature", 0.5)
+    beta = kw.get("beta", 1.0)
+    amp = (2.0 + (4.0 if math.isinf(beta) else beta)) / t
+    internal = EPS[torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype]
+    return 64 * internal * amp + (2 * EPS[dtype] if dtype in (torch.float16, torch.bfloat16) else 0.0)
+
+
+def _inputs(dtype, bank=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(B, D, generator=g, dtype=torch.float64).to(dtype)
+    z2 = (z1.double() + 0.5 * torch.randn(B, D, generator=g, dtype=torch.float64)).to(dtype)
+    neg = None
+    if bank == "shared":
+        neg = torch.randn(7, D, generator=g, dtype=torch.float64).to(dtype)
+    elif bank == "per_anchor":
+        neg = torch.randn(B, 7, D, generator=g, dtype=torch.float64).to(dtype)
+    return z1, z2, neg
+
+
+def _np(x):
+    return None if x is None else x.detach().double().numpy()
+
+
+def check(dtype=torch.float64, bank=None, seed=0, cotangent_seed=None, **kw):
+    """Compare value and all gradients with hardneg.hcl_loss_and_grad; return the torch value."""
+    z1, z2, neg = _inputs(dtype, bank, seed)
+    z1.requires_grad_(True)
+    z2.requires_grad_(True)
+    if neg is not None:
+        neg.requires_grad_(True)
+    value = hcl_loss(z1, z2, negatives=neg, **kw)
+    assert value.dtype == dtype and value.device == z1.device
+    ref_kw = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in kw.items() if k != "memory_budget"}
+    if kw.get("reduction") == "none":
+        cot = torch.randn(value.shape, generator=torch.Generator().manual_seed(cotangent_seed or 1), dtype=dtype)
+        value.backward(cot)
+        ref_kw["cotangent"] = _np(cot)
+    else:
+        value.backward()
+    ref_value, ref_grads = hardneg.hcl_loss_and_grad(_np(z1), _np(z2), negatives=_np(neg), **ref_kw)
+    tol = _tol(dtype, kw)
+    np.testing.assert_allclose(_np(value), ref_value, rtol=tol, atol=tol, equal_nan=True)
+    pairs = [(z1.grad, ref_grads.z1), (z2.grad, ref_grads.z2)]
+    if neg is not None:
+        pairs.append((neg.grad, ref_grads.negatives))
+    scale = max(np.nanmax(np.abs(r)) for _, r in pairs) if not np.isnan(ref_grads.z1).all() else 1.0
+    for got, ref in pairs:
+        assert got.dtype == dtype
+        np.testing.assert_allclose(_np(got), ref, rtol=tol, atol=tol * scale, equal_nan=True)
+    return value
+
+
+LABELS = torch.tensor([0, 1, 0, 2, 1, 3])
+FEATURES = [
+    dict(),
+    dict(beta=0.0),
+    dict(beta=2.5, tau_plus=0.2),
+    dict(beta=math.inf),
+    dict(estimator="easy"),
+    dict(beta=0.0, tau_plus=0.0, clamp=False),
+    dict(clamp=False, tau_plus=0.05),
+    dict(temperature=0.1),
+    dict(normalize=False, temperature=5.0),
+    dict(reduction="sum"),
+    dict(reduction="none"),
+    dict(reduction="none", beta=math.inf),
+    dict(labels=LABELS),
+    dict(labels=LABELS, reduction="none", beta=0.7),
+    dict(labels=torch.zeros(B, dtype=torch.int64)),  # every anchor has M = 0: loss 0, gradient 0
+    dict(memory_budget=1),  # one anchor row per block
+    dict(memory_budget=1, labels=LABELS, reduction="none"),
+]
+
+
+@pytest.mark.parametrize("kw", FEATURES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "defaults")
+def test_in_batch_matches_reference_float64(kw):
+    check(torch.float64, **kw)
+
+
+BANK_FEATURES = [
+    dict(),
+    dict(beta=0.0, reduction="sum"),
+    dict(beta=math.inf, reduction="none"),
+    dict(estimator="easy"),
+    dict(beta=3.0, memory_budget=1),
+]
+
+
+@pytest.mark.parametrize("bank", ["shared", "per_anchor"])
+@pytest.mark.parametrize("kw", BANK_FEATURES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "defaults")
+def test_banks_match_reference_float64(bank, kw):
+    check(torch.float64, bank=bank, **kw)
+
+
+@pytest.mark.parametrize("bank", ["shared", "per_anchor"])
+def test_banks_with_labels(bank):
+    nl = torch.tensor([0, 1, 2, 3, 4, 5, 0]) if bank == "shared" else torch.arange(B * 7).reshape(B, 7) % 4
+    check(torch.float64, bank=bank, labels=LABELS, negative_labels=nl)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kw", [dict(), dict(beta=math.inf, reduction="none"), dict(bank="shared", beta=0.5)],
+                         ids=["defaults", "inf-none", "bank"])
+def test_low_precision_matches_reference(dtype, kw):
+    check(dtype, **kw)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_small_temperature_is_finite(dtype):
+    # t = 0.01: e^{(1+beta) s} would overflow float32 (and e^s float16); log space keeps everything finite.
+    value = check(dtype, temperature=0.01, beta=1.0)
+    assert torch.isfinite(value)
+
+
+def test_undefined_anchor_makes_every_gradient_nan():
+    # clamp=False with a large tau+ at small t: some denominators are <= 0 (spec section 6).
+    z1, z2, _ = _inputs(torch.float64)
+    z1.requires_grad_(True)
+    out = hcl_loss(z1, z2, temperature=0.05, tau_plus=0.3, clamp=False, reduction="none")
+    ref = hardneg.hcl_loss(_np(z1), _np(z2), temperature=0.05, tau_plus=0.3, clamp=False, reduction="none")
+    assert np.isnan(ref).any() and not np.isnan(ref).all()
+    np.testing.assert_array_equal(np.isnan(_np(out)), np.isnan(ref))
+    out.sum().backward()
+    assert torch.isnan(z1.grad).all()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_non_finite_input_gives_nan_everywhere(bad, reduction):
+    z1, z2, neg = _inputs(torch.float32, bank="shared")
+    neg[3, 1] = bad
+    for x in (z1, z2, neg):
+        x.requires_grad_(True)
+    out = hcl_loss(z1, z2, negatives=neg, reduction=reduction)
+    assert torch.isnan(out).all()
+    out.sum().backward()
+    for x in (z1, z2, neg):
+        assert torch.isnan(x.grad).all()
+
+
+def test_zero_rows_and_huge_rows():
+    # A zero row has u = 0 and gradient g / 1e-12; rows of 1e30 must not overflow the norm in float32.
+    z1, z2, _ = _inputs(torch.float32)
+    z1 = z1.clone()
+    z1[0] = 0.0
+    z1[1] *= 1e30
+    z1[2] *= 1e-30
+    z1.requires_grad_(True)
+    value = hcl_loss(z1, z2)
+    value.backward()
+    ref_value, ref_grads = hardneg.hcl_loss_and_grad(_np(z1), _np(z2))
+    tol = _tol(torch.float32, {})
+    np.testing.assert_allclose(value.item(), ref_value, rtol=tol)
+    # compare each row relative to its own scale (the zero row's gradient is ~1e12, the 1e30 row's ~1e-30)
+    for got, ref in zip(_np(z1.grad), ref_grads.z1):
+        np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+def test_value_without_gradient_and_under_no_grad():
+    z1, z2, _ = _inputs(torch.float64)
+    ref = hardneg.hcl_loss(_np(z1), _np(z2))
+    np.testing.assert_allclose(hcl_loss(z1, z2).item(), ref, rtol=1e-13)
+    with torch.no_grad():
+        np.testing.assert_allclose(hcl_loss(z1.requires_grad_(True), z2).item(), ref, rtol=1e-13)
+
+
+def test_gradient_scales_with_the_cotangent():
+    # The fused forward stores the gradient for a unit cotangent; backward must scale it (here by 3).
+    z1, z2, _ = _inputs(torch.float64)
+    z1.requires_grad_(True)
+    (g1,) = torch.autograd.grad(hcl_loss(z1, z2), z1)
+    (g3,) = torch.autograd.grad(3.0 * hcl_loss(z1, z2), z1)
+    torch.testing.assert_close(g3, 3.0 * g1, rtol=1e-14, atol=0)
