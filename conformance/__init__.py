@@ -9,14 +9,20 @@ ports in other languages (docs/conformance.md). Importing the package is cheap: 
 imported when a verification runs.
 """
 
+from typing import TYPE_CHECKING
+
 from .backends import BACKENDS, DEFAULT_MAX_EXAMPLES, backend_target, installed_backends
+
+if TYPE_CHECKING:  # for type checkers and the API docs; at run time these load on first use (below)
+    from .report import Failure, FeatureResult, Report
+    from .suite import FEATURES, verify
 
 __all__ = [
     "verify", "Report", "FeatureResult", "Failure", "BACKENDS", "FEATURES", "DEFAULT_MAX_EXAMPLES",
     "backend_target", "installed_backends",
 ]
 
-_LAZY = {"verify": "verify", "FEATURES": "verify", "Report": "report", "FeatureResult": "report", "Failure": "report"}
+_LAZY = {"verify": "suite", "FEATURES": "suite", "planned_examples": "suite", "Report": "report", "FeatureResult": "report", "Failure": "report"}
 
 
 def __getattr__(name):  # PEP 562: the heavy modules load on first use

@@ -88,7 +88,7 @@ def _examples(args, framework: str) -> int:
 
 
 def _verify_one(name: str, target, framework: str, args, progress) -> "object":
-    from .verify import verify
+    from .suite import verify
 
     return verify(target, framework=framework, max_examples=_examples(args, framework), seed=args.seed,
                   progress=(lambda feature, n: progress(f"{name}: {feature}", n)) if progress else None)
@@ -175,7 +175,7 @@ def _row(name: str, d: dict) -> List[str]:
 def run(args) -> int:
     from .backends import BACKENDS
     from .report import format_table
-    from .verify import planned_examples
+    from .suite import planned_examples
 
     if args.worker:
         return _worker(args)

@@ -160,6 +160,8 @@ class Bounds:
     ill_conditioned: int = 0
     #: gradient changes, one per kink anchor, that flip its branch; any subset may be applied (see section 5)
     alternatives: list = field(default_factory=list)
+    #: unit roundoff of the output dtype (the rounding of an alternative's extra magnitude is added to it)
+    output_roundoff: float = 0.0
 
 
 def _log1mexp(x):
@@ -522,6 +524,7 @@ def bounds(case: Case, reference_value=None, reference_grads=None, want_grad: bo
         grads[k] = grads[k] * (1 + u_o) + extra + tiny_o
     out.grads = grads
     out.alternatives = alternatives
+    out.output_roundoff = u_o
     return out
 
 

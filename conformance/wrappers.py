@@ -102,14 +102,16 @@ def jax_hcl_loss(z1, z2, *, temperature=0.5, beta=1.0, tau_plus=0.1, estimator="
 
     def value_cb(*arrs):
         v, _ = _ref(tuple(arrs) + ((None,) if not has_bank else ()), lab, nlab, hp)
-        return np.asarray(v, dtype=np.float64).astype(dtype)
+        with np.errstate(over="ignore"):  # a result beyond float16's range is inf, as IEEE casting says
+            return np.asarray(v, dtype=np.float64).astype(dtype)
 
     def grad_cb(cot, *arrs):
         c = np.asarray(cot, dtype=np.float64)
         _, g = _ref(tuple(arrs) + ((None,) if not has_bank else ()), lab, nlab, hp,
                     cot=c if reduction == "none" else float(c), want_grad=True)
         outs = [g.z1, g.z2] + ([g.negatives] if has_bank else [])
-        return tuple(np.asarray(o).astype(dtype) for o in outs)
+        with np.errstate(over="ignore"):
+            return tuple(np.asarray(o).astype(dtype) for o in outs)
 
     @jax.custom_vjp
     def f(*arrs):

@@ -87,6 +87,15 @@ def run_experiment(config: Config, backend: str = "torch", *, progress: bool = T
         seed: metrics, loss per epoch, seconds), ``baselines`` (raw pixels; random-init encoder per seed) and
         ``summary`` (per method and metric: mean, std over seeds, n, values).
     """
+    from threadpoolctl import threadpool_limits  # a dependency of scikit-learn
+
+    # NumPy's and scikit-learn's BLAS work here is small; more than one thread only adds spin-waiting on a
+    # shared machine (see hardneg.reproduce.evaluate._one_blas_thread).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _run(config, backend, progress)
+
+
+def _run(config: Config, backend: str, progress: bool) -> Results:
     t_start = time.perf_counter()
     trainer = load_backend(backend)
     t_import = time.perf_counter() - t_start

@@ -1,0 +1,66 @@
+"""`hardneg verify`: the table, the exit status, the JSON report and the failure snippets."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("hypothesis")
+
+
+def _run(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "hardneg", "verify", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_target_that_conforms_exits_0_with_table_and_json(tmp_path):
+    out = tmp_path / "report.json"
+    proc = _run("--target", "hardneg:hcl_loss", "--framework", "numpy", "--max-examples", "3", "--seed", "5",
+                "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    header = proc.stdout.splitlines()[0]
+    for col in ("backend", "framework", "device", "features verified", "examples", "worst value err",
+                "worst grad err", "verdict"):
+        assert col in header
+    assert "PASS" in proc.stdout
+    doc = json.loads(out.read_text())
+    assert doc["ok"] is True and doc["seed"] == 5
+    (rep,) = doc["results"].values()
+    assert rep["verdict"] == "PASS" and rep["max_examples"] == 3
+
+
+def test_failing_target_exits_1_and_prints_a_snippet():
+    pytest.importorskip("torch")
+    proc = _run("--target", "conformance.defects:one_direction", "--framework", "torch", "--max-examples", "2")
+    assert proc.returncode == 1
+    assert "FAIL" in proc.stdout
+    assert "--- snippet (paste into Python) ---" in proc.stdout
+    assert "from conformance.defects import one_direction as target" in proc.stdout
+
+
+def test_target_needs_framework():
+    proc = _run("--target", "hardneg:hcl_loss")
+    assert proc.returncode == 2 and "--framework" in proc.stderr
+
+
+def test_unimportable_target_is_an_error_not_a_crash():
+    proc = _run("--target", "no_such_module:f", "--framework", "numpy")
+    assert proc.returncode == 2 and "cannot import" in proc.stderr
+
+
+def test_backend_not_installed_row(monkeypatch, capsys):
+    """A backend whose module does not import is reported "not installed" (by its worker) and fails nothing."""
+    import argparse
+
+    from conformance import backends, cli
+
+    monkeypatch.setitem(backends.BACKENDS, "ghost", ("hardneg_ghost_backend", "numpy"))
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    args = p.parse_args(["--worker"])
+    args.backend = "ghost"
+    assert cli.run(args) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    row = cli._row("ghost", json.loads(line))
+    assert row[0] == "ghost" and row[-1].startswith("not installed")
