@@ -81,9 +81,10 @@ def _exps(d, cfg: Config):
         return (tf.cast(tf.equal(d, 0.0), d.dtype),)  # the maxima
     if cfg.kind == "zero":
         return (tf.exp(d),)
-    e0 = tf.exp(cfg.beta * d)
-    e1 = e0 * e0 if cfg.kind == "one" else tf.exp((1.0 + cfg.beta) * d)
-    return e1, e0
+    if cfg.kind == "one":  # e^{2d} = (e^d)^2: one exponential
+        e0 = tf.exp(d)
+        return e0 * e0, e0
+    return tf.exp((1.0 + cfg.beta) * d), tf.exp(cfg.beta * d)
 
 
 def _row_stats(Sm, M, cfg: Config):
@@ -119,6 +120,8 @@ def _weights(exps, sums, coef, cfg: Config):
     cancellation of the two large terms when beta is large)."""
     if cfg.kind in ("inf", "zero"):
         return exps[0] * (coef / sums[0])[:, None]
+    if cfg.kind == "one":  # 2p - q: no large terms to cancel at beta = 1
+        return exps[0] * (2.0 * coef / sums[0])[:, None] - exps[1] * (coef / sums[1])[:, None]
     p = exps[0] * (coef / sums[0])[:, None]
     q = exps[1] * (coef / sums[1])[:, None]
     return p + cfg.beta * (p - q)

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from hardneg.validation import NORM_EPS
 
-__all__ = ["Config", "make_config", "normalize", "normalize_backward", "log1mexp", "logaddexp", "row_tail"]
+__all__ = ["Config", "make_config", "normalize", "normalize_backward", "log1mexp", "softplus", "row_tail"]
 
 _LOG2 = math.log(2.0)
 
@@ -56,7 +56,9 @@ def make_config(*, temperature, beta, tau_plus, estimator, clamp, compute_dtype:
         bc, b1 = np_dt(b), np_dt(1.0) + np_dt(b)
     if math.isinf(b) or not np.isfinite(b1):
         kind = "inf"
-    elif bc == 0.0:  # also a positive beta below the dtype's smallest subnormal: beta * (-inf) must not be NaN
+    elif bc < np.finfo(np_dt).tiny:
+        # beta below the smallest normal number is 0 to the arithmetic: CPUs flush subnormals to zero in TF and
+        # XLA, and 0 * (-inf) would be NaN; the value differs from beta = 0 by O(beta), far below rounding
         kind = "zero"
     elif b == 1.0:
         kind = "one"
@@ -94,10 +96,9 @@ def log1mexp(x):
     return tf.where(x > -_LOG2, tf.math.log(-tf.math.expm1(x)), tf.math.log1p(-tf.exp(x)))
 
 
-def logaddexp(a, b):
-    """log(e^a + e^b) for a finite ``a`` (the positive logit) and ``b`` possibly -inf."""
-    hi = tf.maximum(a, b)
-    return hi + tf.math.log1p(tf.exp(-tf.abs(a - b)))
+def softplus(x):
+    """log(1 + e^x) = logaddexp(0, x), exact for tiny results and for x = -inf."""
+    return tf.maximum(x, 0.0) + tf.math.log1p(tf.exp(-tf.abs(x)))
 
 
 def row_tail(a, lr, M, has, cfg: Config):
@@ -128,22 +129,24 @@ def row_tail(a, lr, M, has, cfg: Config):
     neg_inf = tf.fill(tf.shape(a), tf.constant(-math.inf, dt))
     gu = tf.where(ng_pos, lr + log1mexp(tf.minimum(x, 0.0)) - log1m_tau, neg_inf)  # log of the unclamped Ng
     zero = tf.zeros_like(a)
+    # The loss is delta = log D - a, evaluated as softplus(gamma - a) (or log1mexp(y) when Ng < 0): forming
+    # log D first and subtracting a would lose every digit of a loss below the rounding of a (spec §5).
     if cfg.clamp:
         lf = logM - cfg.inv_t  # log of the floor M e^{-1/t}
         floor = gu < lf  # the tie takes the unclamped branch
-        logD = logaddexp(tf.where(floor, lf, gu), a)
-        rho = tf.where(floor, zero, tf.exp(lr - log1m_tau - logD))
-        da = tf.where(floor, -tf.exp(lf - logD), -rho)
+        delta = softplus(tf.where(floor, lf, gu) - a)
+        rho = tf.where(floor, zero, tf.exp(lr - log1m_tau - a - delta))
+        da = tf.where(floor, -tf.exp(lf - a - delta), -rho)
     else:
         if cfg.tau > 0.0:
             # Ng_u <= 0: D = e^a - N'/(1 - tau+) with log N' = log tau+ + log M + a + log1mexp(-x).
             y = math.log(cfg.tau) + logM + log1mexp(-tf.maximum(x, 0.0)) - log1m_tau
             nan = tf.fill(tf.shape(a), tf.constant(math.nan, dt))
-            logD_neg = tf.where(y < 0.0, a + log1mexp(tf.minimum(y, 0.0)), nan)  # D <= 0: undefined
-            logD = tf.where(ng_pos, logaddexp(gu, a), logD_neg)
+            delta_neg = tf.where(y < 0.0, log1mexp(tf.minimum(y, 0.0)), nan)  # D <= 0: undefined
+            delta = tf.where(ng_pos, softplus(gu - a), delta_neg)
         else:
-            logD = logaddexp(gu, a)
-        rho = tf.exp(lr - log1m_tau - logD)
+            delta = softplus(gu - a)
+        rho = tf.exp(lr - log1m_tau - a - delta)
         da = -rho
-    loss = logD - a
+    loss = delta
     return tf.where(has, loss, zero), tf.where(has, da, zero), tf.where(has, rho, zero)

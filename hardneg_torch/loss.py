@@ -2,7 +2,7 @@ r"""``hcl_loss`` for PyTorch: the spec's objective as a memory-linear ``torch.au
 
 from __future__ import annotations
 
-import math
+import contextlib
 from typing import Optional
 
 import torch
@@ -19,6 +19,13 @@ _DOUBLE_BACKWARD = (
     "its backward is the spec's closed-form gradient, evaluated blockwise without an autograd graph. "
     "First-order gradients, torch.func.grad and torch.compile are supported."
 )
+
+
+def _no_autocast(device: torch.device):
+    """Disable autocast inside the loss: it computes in its own precision (float32 for halves)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 class _RefuseDoubleBackward(torch.autograd.Function):
@@ -61,7 +68,7 @@ class HCLFunction(torch.autograd.Function):
     @staticmethod
     def forward(z1, z2, negatives, labels, negative_labels, call: core.Call):
         fused = call.want_grad and call.reduction != "none"
-        with torch.autocast(device_type=z1.device.type, enabled=False):
+        with _no_autocast(z1.device):
             loss, grads = core.evaluate(z1, z2, negatives, labels, negative_labels, call,
                                         call.scale if fused else None)
             value = loss if call.reduction == "none" else loss.sum() * call.scale
@@ -79,7 +86,7 @@ class HCLFunction(torch.autograd.Function):
         _, g1, g2, gn = output
         ctx.mark_non_differentiable(g1, g2, gn)
         ctx.call = call
-        ctx.fused = g1.numel() > 0
+        ctx.fused = call.want_grad and call.reduction != "none"  # as decided in forward
         if ctx.fused:
             ctx.save_for_backward(z1, z2, negatives, labels, negative_labels, g1, g2, gn)
         else:
@@ -90,7 +97,7 @@ class HCLFunction(torch.autograd.Function):
         z1, z2, negatives, labels, negative_labels, g1, g2, gn = ctx.saved_tensors
         call: core.Call = ctx.call
         cdt = core.compute_dtype(z1.dtype)
-        with torch.no_grad(), torch.autocast(device_type=z1.device.type, enabled=False):
+        with torch.no_grad(), _no_autocast(z1.device):
             c = grad_value.to(cdt)
             if ctx.fused:
                 grads = (c * g1, c * g2, None if negatives is None else c * gn)

@@ -44,8 +44,7 @@ def _scale(g, want):
     return float(np.vdot(g, want) / np.vdot(want, want))
 
 
-@pytest.mark.parametrize("B_l", [3, 1])
-@pytest.mark.parametrize("reduction,use_labels", [("mean", False), ("sum", True)])
+@pytest.mark.parametrize("B_l,reduction,use_labels", [(3, "mean", False), (1, "sum", True)])
 def test_vmap_axis_average_equals_single_device(B_l, reduction, use_labels):
     x1, x2, W, labels = _data(B_l)
     lab = labels if use_labels else None
@@ -66,6 +65,27 @@ def test_vmap_axis_average_equals_single_device(B_l, reduction, use_labels):
     np.testing.assert_allclose(np.mean(v), want_v, rtol=RTOL)
     np.testing.assert_allclose(np.mean(g, axis=0), want_g, rtol=RTOL, atol=RTOL * np.abs(want_g).max())
     assert abs(_scale(np.mean(g, axis=0), want_g) - 1.0) < 1e-12
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_vmap_axis_with_a_per_anchor_bank_gathers_nothing_and_keeps_the_scale(reduction):
+    x1, x2, W, _ = _data(2)
+    bank = np.random.default_rng(1).standard_normal((P * 2, 3, H))
+
+    def single(W):
+        return hardneg_jax.hcl_loss(_encode(W, x1), _encode(W, x2), negatives=_encode(W, bank), reduction=reduction)
+
+    def local(W, a, b, n):
+        return hardneg_jax.hcl_loss(_encode(W, a), _encode(W, b), negatives=_encode(W, n), reduction=reduction,
+                                    axis_name="dev")
+
+    with jax.enable_x64(True):
+        want_v, want_g = map(np.asarray, jax.value_and_grad(single)(W))
+        split = lambda x: x.reshape((P, 2) + x.shape[1:])  # noqa: E731
+        v, g = map(np.asarray, jax.vmap(jax.value_and_grad(local), in_axes=(None, 0, 0, 0), axis_name="dev")(
+            W, split(x1), split(x2), split(bank)))
+    np.testing.assert_allclose(v.mean(), want_v, rtol=RTOL)
+    np.testing.assert_allclose(g.mean(axis=0), want_g, rtol=RTOL, atol=RTOL * np.abs(want_g).max())
 
 
 def test_vmap_axis_none_reduction_gives_the_local_anchors_exact_losses():

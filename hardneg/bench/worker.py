@@ -67,7 +67,8 @@ def _limit_device_memory(framework: str, budget: int) -> None:
 def _is_oom(exc: BaseException) -> bool:
     text = f"{type(exc).__name__}: {exc}".lower()
     return isinstance(exc, MemoryError) or any(
-        k in text for k in ("out of memory", "outofmemory", "resource_exhausted", "resource exhausted", "oom")
+        k in text for k in ("out of memory", "outofmemory", "resource_exhausted", "resource exhausted", "oom",
+                            "allocate memory")
     )
 
 
