@@ -22,7 +22,8 @@ __all__ = [
     "backend_target", "installed_backends",
 ]
 
-_LAZY = {"verify": "suite", "FEATURES": "suite", "planned_examples": "suite", "Report": "report", "FeatureResult": "report", "Failure": "report"}
+_LAZY = {"verify": "suite", "FEATURES": "suite", "planned_examples": "suite",
+         "Report": "report", "FeatureResult": "report", "Failure": "report"}
 
 
 def __getattr__(name):  # PEP 562: the heavy modules load on first use

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -31,7 +31,7 @@ class CheckResult:
     grad_frac: Optional[float] = None
     problems: List[str] = field(default_factory=list)
     skipped: Optional[str] = None
-    check: str = "reference"
+    check: str = "comparison with the reference"
 
     def fail(self, msg: str) -> "CheckResult":
         self.ok = False
@@ -80,7 +80,8 @@ def compare(case: Case, value: np.ndarray, grads: Optional[Dict[str, np.ndarray]
         tol = Bounds(value=np.zeros_like(rv), grads={k: np.zeros_like(v) for k, v in case.arrays.items()})
     b = tol if tol is not None else bounds(case, rv, rg, want_grad=grads is not None)
     if b.ill_posed:
-        res.skipped = "an anchor sits on the clamp=False boundary D = 0 within rounding: the spec's value is NaN on one side"
+        res.skipped = ("an anchor sits on the clamp=False boundary D = 0 within rounding: the spec's value is NaN "
+                       "on one side")
         return res
     value = np.asarray(value, dtype=np.float64)
     # shapes and dtypes (spec section 7)

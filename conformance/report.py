@@ -108,9 +108,10 @@ class Report:
         return self._worst("worst_grad")
 
     def features_verified(self) -> str:
+        """Passed features out of those that ran ("not supported" and "skipped" ones excluded)."""
         n = sum(r.status == PASSED for r in self.features)
-        applicable = sum(r.status != UNSUPPORTED for r in self.features)
-        return f"{n}/{applicable}"
+        ran = sum(r.status in (PASSED, FAILED) for r in self.features)
+        return f"{n}/{ran}"
 
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)

@@ -154,7 +154,8 @@ def _inputs(case: Case, name: str = "inputs") -> str:
 
 def _head(title: str, framework: str, target_path: Optional[str]) -> str:
     return (f"# hardneg conformance failure: {title}\n# paste into Python; raises AssertionError while the failure "
-            f"persists\n" + _HEADER[framework] + "import conformance.reproduce as cr\n" + _import(target_path, framework))
+            f"persists\n" + _HEADER[framework] + "import conformance.reproduce as cr\n"
+            + _import(target_path, framework))
 
 
 def _kw(case: Case) -> str:
@@ -193,7 +194,8 @@ def relation_snippet(title: str, framework: str, target_path: Optional[str], kin
         s += f"cotangent2 = {literal(case2.cotangent)}\n"
         s += "v2, g2 = run(**inputs2, dtype=dtype, cotangent=cotangent2, **kwargs, **extras)\n"
         s += (f"cr.check_permutation(v1, g1, v2, g2, inputs1=inputs1, inputs2=inputs2, "
-              f"anchor_perm={literal(np.asarray(maps['anchor_perm']))}, row_perm={literal(np.asarray(maps['row_perm']))}, "
+              f"anchor_perm={literal(np.asarray(maps['anchor_perm']))}, "
+              f"row_perm={literal(np.asarray(maps['row_perm']))}, "
               f"bank_perm={literal(None if maps.get('bank_perm') is None else np.asarray(maps['bank_perm']))}, "
               f"dtype=dtype, cotangent=cotangent, cotangent2=cotangent2, **kwargs)\n")
     else:

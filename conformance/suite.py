@@ -14,7 +14,7 @@ import inspect
 import math
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from . import checks, snippets
 from .adapters import Adapter, NumpyAdapter, get_adapter, resolve_target, target_path
 from .backends import BACKENDS, DEFAULT_MAX_EXAMPLES, backend_target, installed_backends  # noqa: F401
 from .cases import Case
-from .report import FAILED, PASSED, SKIPPED, UNSUPPORTED, Failure, FeatureResult, Report
+from .report import FAILED, SKIPPED, UNSUPPORTED, Failure, FeatureResult, Report
 from .reproduce import relation_closed_form, relation_permutation, relation_rescaling
 from .strategies import Space, cases
 

@@ -39,6 +39,20 @@ def test_failing_target_exits_1_and_prints_a_snippet():
     assert "from conformance.defects import one_direction as target" in proc.stdout
 
 
+def test_backend_run_goes_through_a_worker_process(tmp_path):
+    """`hardneg verify --backend torch`: the installed-backend path (a worker process, its progress, its report)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("hardneg_torch")
+    out = tmp_path / "r.json"
+    proc = _run("--backend", "torch", "--max-examples", "2", "--json", str(out))
+    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.stdout.splitlines()[2].split()[0] == "torch"
+    assert "... torch: hard" in proc.stderr  # progress (plain lines: stderr is not a terminal here)
+    rep = json.loads(out.read_text())["results"]["torch"]
+    assert [f["name"] for f in rep["features"]][:2] == ["hard", "reductions"]
+    assert (proc.returncode == 0) == (rep["verdict"] != "FAIL")
+
+
 def test_target_needs_framework():
     proc = _run("--target", "hardneg:hcl_loss")
     assert proc.returncode == 2 and "--framework" in proc.stderr
