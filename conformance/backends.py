@@ -14,7 +14,7 @@ BACKENDS = {"torch": ("hardneg_torch", "torch"), "jax": ("hardneg_jax", "jax"), 
 #: ``_counts``): sized so that verifying all three backends takes about a minute on 2 cores. JAX compiles each new
 #: combination of shapes and static options (~1 s each), TensorFlow retraces (~0.2 s), PyTorch and NumPy run
 #: eagerly. A thorough run passes ``max_examples=50`` or more.
-DEFAULT_MAX_EXAMPLES = {"numpy": 12, "torch": 8, "tensorflow": 4, "jax": 2}
+DEFAULT_MAX_EXAMPLES = {"numpy": 12, "torch": 12, "tensorflow": 10, "jax": 2}
 
 def backend_target(name: str) -> Tuple[Optional[Callable], str, str]:
     """``(hcl_loss or None, framework, reason)`` for a backend of :data:`BACKENDS`.

@@ -451,7 +451,7 @@ def verify(target, framework: str = "numpy", max_examples: Optional[int] = None,
         its ``<name>_and_grad`` twin, or are not checked without one).
     max_examples : int, optional
         Examples per numeric feature (the relation features draw fewer; the error contract runs all its cases).
-        Default :data:`DEFAULT_MAX_EXAMPLES` of the framework (numpy 12, torch 8, tensorflow 4, jax 2).
+        Default :data:`DEFAULT_MAX_EXAMPLES` of the framework (numpy 12, torch 12, tensorflow 10, jax 2).
     seed : int, default 0
         Hypothesis seed: the same seed draws the same examples.
     dtypes : sequence of str, optional

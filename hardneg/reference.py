@@ -136,7 +136,7 @@ def _rows(S, mask, a, M, *, temperature, beta, tau_plus, estimator, clamp):
         loss = np.where(has, loss, 0.0)
         da = np.where(has, da, 0.0)
         dS = np.where(has[:, None] & mask, rho[:, None] * w, 0.0)
-        dS = np.where(np.isnan(rho)[:, None], np.nan, dS)
+        dS = np.where((has & np.isnan(rho))[:, None], np.nan, dS)
     return loss, da, dS
 
 

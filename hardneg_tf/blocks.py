@@ -27,11 +27,15 @@ import tensorflow as tf
 
 from .numerics import Config, row_tail
 
-__all__ = ["InBatch", "SharedBank", "PerAnchorBank", "plan_blocks", "forward", "backward", "fused", "LIVE_BLOCKS"]
+__all__ = ["InBatch", "SharedBank", "PerAnchorBank", "plan_blocks", "forward", "backward", "fused", "LIVE_BLOCKS",
+           "DEFAULT_BUDGET", "DEFAULT_MIN_ROWS"]
 
 #: How many (bs x C) buffers a block may hold at once (S, S - m, two exponentials, dl/ds, a mask); the block
 #: size is chosen so that this many of them fit in the memory budget.
 LIVE_BLOCKS = 6
+#: Default memory budget (bytes) of one block, and the fewest rows a default block has (whichever is larger).
+DEFAULT_BUDGET = 64 * 2**20
+DEFAULT_MIN_ROWS = 256
 
 
 def _is_static(*xs) -> bool:
@@ -44,8 +48,9 @@ def _dim(x: tf.Tensor, axis: int):
     return int(d) if d is not None else tf.shape(x, out_type=tf.int32)[axis]
 
 
-def plan_blocks(n_anchors, row_bytes, budget: int):
-    """Block size and count: the largest bs with ``bs * row_bytes <= budget``, then evened out over the blocks.
+def plan_blocks(n_anchors, row_bytes, budget: int, min_rows: int = 1):
+    """Block size and count: the largest bs with ``bs * row_bytes <= budget`` (at least ``min_rows``), then
+    evened out over the blocks.
 
     Parameters
     ----------
@@ -53,6 +58,9 @@ def plan_blocks(n_anchors, row_bytes, budget: int):
         Anchors to walk, and transient bytes one anchor row of a block needs.
     budget : int
         Bytes of transient memory allowed.
+    min_rows : int, default 1
+        Smallest block (the default budget uses 256: thinner blocks make the matrix products inefficient
+        and the (C x d) accumulator's traffic, C x d per block, dominant).
 
     Returns
     -------
@@ -60,12 +68,13 @@ def plan_blocks(n_anchors, row_bytes, budget: int):
     fewer than ``nb`` padding rows.
     """
     if _is_static(n_anchors, row_bytes):
-        cap = max(1, min(int(budget) // max(int(row_bytes), 1), n_anchors))
+        cap = max(1, min(max(int(budget) // max(int(row_bytes), 1), min_rows), n_anchors))
         nb = -(-n_anchors // cap)
         return -(-n_anchors // nb), nb
     n_anchors = tf.cast(n_anchors, tf.int64)
     row_bytes = tf.maximum(tf.cast(row_bytes, tf.int64), 1)
-    cap = tf.maximum(tf.minimum(tf.constant(int(budget), tf.int64) // row_bytes, n_anchors), 1)
+    cap = tf.maximum(tf.constant(int(budget), tf.int64) // row_bytes, min_rows)
+    cap = tf.maximum(tf.minimum(cap, n_anchors), 1)
     nb = (n_anchors + cap - 1) // cap
     bs = (n_anchors + nb - 1) // nb
     return tf.cast(bs, tf.int32), tf.cast(nb, tf.int32)
@@ -293,9 +302,12 @@ class PerAnchorBank(_Layout):
 class _Plan:
     """Padded anchor indices of a layout, split into ``nb`` blocks of ``bs`` rows."""
 
-    def __init__(self, layout: _Layout, itemsize: int, budget: int, anchors=None):
+    def __init__(self, layout: _Layout, itemsize: int, budget: Optional[int], anchors=None):
         A = layout.n_anchors
-        self.bs, self.nb = plan_blocks(A, layout.row_bytes(itemsize), budget)
+        if budget is None:  # the default: DEFAULT_BUDGET, raised to DEFAULT_MIN_ROWS rows for wide rows
+            self.bs, self.nb = plan_blocks(A, layout.row_bytes(itemsize), DEFAULT_BUDGET, DEFAULT_MIN_ROWS)
+        else:
+            self.bs, self.nb = plan_blocks(A, layout.row_bytes(itemsize), budget)
         total = self.bs * self.nb
         base = tf.range(A, dtype=tf.int32) if anchors is None else tf.cast(anchors, tf.int32)
         pad = total - A

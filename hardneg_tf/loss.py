@@ -20,9 +20,9 @@ from .numerics import Config, make_config, normalize, normalize_backward
 
 __all__ = ["hcl_loss", "DEFAULT_MEMORY_BUDGET"]
 
-#: Default transient working memory of the blocked computation, in bytes (256 MiB): at d = 128 and
-#: 2B = 8192 that is blocks of ~1300 anchor rows, large enough for efficient matrix products.
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
+#: Default transient working memory of one row block, in bytes (64 MiB; raised to 256 anchor rows when rows
+#: are wider than 256 KiB, e.g. 2B > 10922 in float32): at 2B = 8192 float32 that is blocks of ~340 rows.
+DEFAULT_MEMORY_BUDGET = blocks.DEFAULT_BUDGET
 
 try:  # whether a GradientTape is recording: decides between the fused and the two-pass computation
     from tensorflow.python.eager.record import should_record_backprop as _tape_watches
@@ -51,7 +51,7 @@ def _static_hparam(name: str, value):
 
 def _check_budget(memory_budget):
     if memory_budget is None:
-        return DEFAULT_MEMORY_BUDGET
+        return None  # blocks' default plan
     if isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Integral) or memory_budget < 1:
         raise ValueError(f"memory_budget must be None or a positive integer number of bytes; got {memory_budget!r}")
     return int(memory_budget)
@@ -125,9 +125,10 @@ def hcl_loss(
     reduction : {"mean", "sum", "none"}, default "mean"
         "none" returns the per-anchor losses, shape (2B,) (z1 rows then z2 rows), or (B,) with a bank.
     memory_budget : int, optional
-        Bytes of transient working memory for one row block (default 256 MiB). The block holds about
-        six (rows x candidates) arrays of the compute dtype; smaller budgets mean more, smaller blocks.
-        Results do not depend on it beyond rounding.
+        Bytes of transient working memory for one row block. The block holds about six (rows x candidates)
+        arrays of the compute dtype; smaller budgets mean more, smaller blocks. Default: 64 MiB, raised to
+        256 anchor rows' worth when the rows are wider (2B > 10922 in float32). Results do not depend on
+        it beyond rounding.
     gather : bool, default False
         Inside ``strategy.run`` of a ``tf.distribute`` strategy: use every replica's samples as negatives
         (through the replica context's differentiable ``all_gather``). Each replica's value covers its local

@@ -36,8 +36,8 @@ def test_conditioning_quantities_match_the_reference(case):
     if np.isnan(value).any():
         return
     assert np.all(np.abs(loss - value) <= b.value)
-    if any(np.isnan(getattr(grads, k)).any() for k in case.arrays):
-        return  # the reference's NaN gradients with finite losses: see the xfail test below
+    # Spec section 6: gradients are NaN only when some loss is (excluded above); never with finite losses.
+    assert not any(np.isnan(getattr(grads, k)).any() for k in case.arrays)
     g = spec_gradient(case)
     for k in case.arrays:
         assert np.all(np.abs(g[k] - getattr(grads, k)) <= b.grads[k]), k
@@ -132,9 +132,6 @@ def test_tolerance_grows_with_conditioning():
     assert tc > 10 * tb and math.isfinite(tc)
 
 
-@pytest.mark.xfail(strict=True, reason="reference bug (reported): with clamp=False, an anchor left without negatives "
-                   "gets NaN gradients although spec section 6 defines them as 0; conformance compares such "
-                   "examples against the spec's gradient (checks.compare)")
 def test_reference_gives_zero_gradient_to_anchors_without_negatives():
     import hardneg
 

@@ -57,9 +57,11 @@ def format_results(data: dict) -> str:
         rows = []
         for r in data["max_batch"]:
             fit = "-" if r["largest_fit"] is None else str(r["largest_fit"])
-            why = {"time_cap": f">= (next step predicted > {r['time_cap_s']:.0f} s)",
-                   "over_budget": "(next doubling over budget)", "oom": "(next doubling: out of memory)",
-                   "max_batch": "(search limit)"}.get(r["stopped_by"], f"(next: {r['stopped_by']})")
+            if r["stopped_by"] == "time_cap" and r["largest_fit"] is not None:
+                fit = ">= " + fit  # memory would have allowed more; the search stopped for time
+            why = {"time_cap": f"time cap: next step predicted > {r['time_cap_s']:.0f} s",
+                   "over_budget": "next doubling over budget", "oom": "next doubling out of memory",
+                   "max_batch": "search limit"}.get(r["stopped_by"], f"next doubling: {r['stopped_by']}")
             rows.append([r["impl"], r["estimator"], r["dtype"], fit, why])
         out.append(_table(["implementation", "estimator", "dtype", "largest B", "stopped"], rows))
     failures = [m for m in ms if m["status"] not in ("ok", "over_budget")]
