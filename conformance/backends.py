@@ -16,6 +16,7 @@ BACKENDS = {"torch": ("hardneg_torch", "torch"), "jax": ("hardneg_jax", "jax"), 
 #: eagerly. A thorough run passes ``max_examples=50`` or more.
 DEFAULT_MAX_EXAMPLES = {"numpy": 12, "torch": 12, "tensorflow": 10, "jax": 2}
 
+
 def backend_target(name: str) -> Tuple[Optional[Callable], str, str]:
     """``(hcl_loss or None, framework, reason)`` for a backend of :data:`BACKENDS`.
 

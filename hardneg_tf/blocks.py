@@ -70,13 +70,13 @@ def plan_blocks(n_anchors, row_bytes, budget: int, min_rows: int = 1):
     if _is_static(n_anchors, row_bytes):
         cap = max(1, min(max(int(budget) // max(int(row_bytes), 1), min_rows), n_anchors))
         nb = -(-n_anchors // cap)
-        return -(-n_anchors // nb), nb
+        return (-(-n_anchors // nb), nb) if nb else (1, 0)
     n_anchors = tf.cast(n_anchors, tf.int64)
     row_bytes = tf.maximum(tf.cast(row_bytes, tf.int64), 1)
     cap = tf.maximum(tf.constant(int(budget), tf.int64) // row_bytes, min_rows)
     cap = tf.maximum(tf.minimum(cap, n_anchors), 1)
-    nb = (n_anchors + cap - 1) // cap
-    bs = (n_anchors + nb - 1) // nb
+    nb = (n_anchors + cap - 1) // cap  # 0 blocks for 0 anchors (a replica holding no rows of a last batch)
+    bs = tf.maximum((n_anchors + nb - 1) // tf.maximum(nb, 1), 1)
     return tf.cast(bs, tf.int32), tf.cast(nb, tf.int32)
 
 
@@ -311,8 +311,8 @@ class _Plan:
         total = self.bs * self.nb
         base = tf.range(A, dtype=tf.int32) if anchors is None else tf.cast(anchors, tf.int32)
         pad = total - A
-        # padding rows repeat the last anchor; they are masked out (M = 0) and their outputs dropped
-        self.rows = tf.concat([base, tf.fill([pad], base[-1])], 0)
+        # padding rows point at row 0; they are masked out (M = 0) and their outputs dropped
+        self.rows = tf.concat([base, tf.zeros([pad], tf.int32)], 0)
         self.valid = tf.range(total) < A
         self.A = A
 

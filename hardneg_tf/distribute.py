@@ -13,7 +13,10 @@ Scaling. With R replicas and N global anchors (2 sum_r b_r in-batch, sum_r b_r w
     "none":  the local anchors' losses, z1 rows then z2 rows of this replica.
 
 So the replica-averaged value and the replica-averaged parameter gradient equal the single-replica ones on
-the concatenated batch, for even and uneven shards alike. Optimizers under tf.distribute *sum* the
+the concatenated batch, for even and uneven shards alike. The spec's rule "an undefined (NaN) anchor makes
+every gradient element NaN" holds across replicas without a collective of its own: the replica with such an
+anchor returns an all-NaN cotangent for the gathered views, and the all-gather's backward sums it into
+every replica's gradient. Optimizers under tf.distribute *sum* the
 replicas' gradients, so divide by R before taking gradients (``HCLLoss`` does, as Keras' losses do).
 
 Banks: the anchors and their negatives are local (a shared bank is the same on every replica in the usual
@@ -39,7 +42,6 @@ class Gathered:
     anchors: Any  # (A_local,) int32 global indices of the local anchors, or None for all of them
     replicas: int
     n_global: Any  # int32 scalar: N
-    ctx: Any
 
     def scale(self, reduction: str, dtype):
         if reduction == "mean":
@@ -48,10 +50,6 @@ class Gathered:
             return tf.cast(self.replicas, dtype)
         return tf.constant(1.0, dtype)
 
-    def any_replica(self, flag):
-        """True on every replica if ``flag`` is True on any (an undefined anchor anywhere: all gradients NaN)."""
-        total = self.ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(flag, tf.float32))
-        return total > 0.0
 
 
 def _replica_context():
@@ -80,12 +78,12 @@ def gathered_loss(xs, labels, negative_labels, problem, cfg, hp, *, budget, comp
     b = tf.shape(z1)[0]
     off, B_global = _offset(ctx, b)
     if problem.bank != "none":
-        g = Gathered(anchors=None, replicas=R, n_global=B_global, ctx=ctx)
+        g = Gathered(anchors=None, replicas=R, n_global=B_global)
         return _loss_mod._loss(xs, labels, negative_labels, problem.bank, cfg, hp, budget, compute, grad_wanted,
                                gathered=g)
     Z1, Z2 = ctx.all_gather([xs[0], xs[1]], axis=0)  # differentiable: the backward sums over replicas
     L = None if labels is None else ctx.all_gather(tf.cast(labels, tf.int64), axis=0)
     local = off + tf.range(b, dtype=tf.int32)
     anchors = tf.concat([local, B_global + local], 0)  # z1 rows, then z2 rows, of this replica
-    g = Gathered(anchors=anchors, replicas=R, n_global=2 * B_global, ctx=ctx)
+    g = Gathered(anchors=anchors, replicas=R, n_global=2 * B_global)
     return _loss_mod._loss([Z1, Z2], L, None, "none", cfg, hp, budget, compute, grad_wanted, gathered=g)

@@ -223,8 +223,8 @@ def _loss(
 ):
     """The differentiable core: ``xs`` = [z1, z2] or [z1, z2, negatives] (already gathered when ``gathered``).
 
-    ``gathered`` (cross-replica mode, see :mod:`hardneg_tf.distribute`) carries the local anchor indices,
-    the value scale and a function that combines the "some anchor is undefined" flag over replicas.
+    ``gathered`` (cross-replica mode, see :mod:`hardneg_tf.distribute`) carries the local anchor indices
+    and the value scale.
     """
     in_dtype = xs[0].dtype
     reduction = hp["reduction"]
@@ -262,9 +262,8 @@ def _loss(
         else:
             loss, saved = blocks.forward(layout, cfg, budget, anchors=anchors)
             unit = None
+        # (gathered: each replica's flag covers its anchors; the all-gather's backward sums the NaN everywhere)
         undefined = tf.reduce_any(tf.math.is_nan(loss))
-        if gathered is not None:
-            undefined = gathered.any_replica(undefined)
         nan = tf.constant(math.nan, compute)
         if reduction == "none":
             value = tf.where(finite, loss, nan)

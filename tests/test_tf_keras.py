@@ -1,0 +1,125 @@
+"""HCLLoss in Keras 3 workflows: model.fit with both views in one output, a custom train_step, mixed_float16."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+keras = pytest.importorskip("keras")
+
+import hardneg  # noqa: E402
+import hardneg_tf  # noqa: E402
+from hardneg_tf import HCLLoss  # noqa: E402
+
+B, DIN, D = 8, 6, 4
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(B, 2, DIN)).astype("float32")  # two views of each sample, already augmented
+LABELS = np.array([0, 1, 2, 0, 1, 2, 0, 3])
+W0 = RNG.normal(size=(DIN, D)).astype("float32")
+
+
+def two_view_model(dtype=None):
+    """Shared encoder applied to both views: (B, 2, DIN) -> (B, 2, D), the layout HCLLoss expects."""
+    model = keras.Sequential([keras.Input((2, DIN)), keras.layers.Dense(D, use_bias=False, dtype=dtype)])
+    model.layers[0].kernel.assign(W0)
+    return model
+
+
+def manual_sgd_step(labels=None, lr=0.1):
+    """One SGD step on hardneg_tf.hcl_loss directly: what fit must reproduce."""
+    W = tf.Variable(W0)
+    with tf.GradientTape() as tape:
+        z = tf.einsum("bvi,id->bvd", tf.constant(X), W)
+        loss = hardneg_tf.hcl_loss(z[:, 0], z[:, 1], labels=labels)
+    W.assign_sub(lr * tape.gradient(loss, W))
+    return float(loss), W.numpy()
+
+
+@pytest.mark.parametrize("use_labels", [False, True])
+def test_fit_takes_the_same_step_as_the_functional_loss(use_labels):
+    model = two_view_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=HCLLoss(use_labels=use_labels))
+    y = LABELS if use_labels else np.zeros(B)  # y_true is ignored unless use_labels
+    hist = model.fit(X, y, batch_size=B, epochs=1, shuffle=False, verbose=0)
+    loss, W = manual_sgd_step(labels=LABELS if use_labels else None)
+    # float32 end to end; the two paths differ only in the order of a few float32 operations
+    np.testing.assert_allclose(hist.history["loss"][0], loss, rtol=1e-6)
+    np.testing.assert_allclose(model.layers[0].kernel.numpy(), W, rtol=0, atol=1e-6)
+    # and the reported loss is the reference's at the initial weights
+    z = np.einsum("bvi,id->bvd", X.astype(np.float64), W0.astype(np.float64))
+    ref = hardneg.hcl_loss(z[:, 0], z[:, 1], labels=LABELS if use_labels else None)
+    np.testing.assert_allclose(loss, ref, rtol=1e-5)
+
+
+class CustomStep(keras.Model):
+    """The custom train_step pattern: the model returns the two views; the loss object takes them stacked."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = keras.layers.Dense(D, use_bias=False)
+        self.hcl = HCLLoss(beta=0.5, tau_plus=0.05)
+        self.tracker = keras.metrics.Mean(name="loss")
+
+    def call(self, x):
+        return self.encoder(x[:, 0]), self.encoder(x[:, 1])
+
+    def train_step(self, data):
+        x = data[0] if isinstance(data, tuple) else data
+        with tf.GradientTape() as tape:
+            z1, z2 = self(x, training=True)
+            loss = self.hcl(None, (z1, z2))
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        self.tracker.update_state(loss)
+        return {"loss": self.tracker.result()}
+
+
+def test_custom_train_step():
+    model = CustomStep()
+    model(X)  # builds the encoder
+    model.encoder.kernel.assign(W0)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    hist = model.fit(X, batch_size=B, epochs=1, verbose=0)
+    z = np.einsum("bvi,id->bvd", X.astype(np.float64), W0.astype(np.float64))
+    ref = hardneg.hcl_loss(z[:, 0], z[:, 1], beta=0.5, tau_plus=0.05)
+    np.testing.assert_allclose(hist.history["loss"][0], ref, rtol=1e-5)
+    assert np.abs(model.encoder.kernel.numpy() - W0).max() > 1e-4
+
+
+def test_mixed_float16():
+    """float16 views from a mixed_float16 model: the loss and its gradient are computed in float32."""
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = two_view_model()
+        with tf.GradientTape() as tape:
+            y_pred = model(X)
+            loss = HCLLoss()(None, y_pred)
+        grad = tape.gradient(loss, model.layers[0].kernel)
+        assert y_pred.dtype == tf.float16 and loss.dtype == tf.float32 and grad.dtype == tf.float32
+        z = tf.cast(y_pred, tf.float64).numpy()  # the float16 views, exactly
+        ref_value, ref_g = hardneg.hcl_loss_and_grad(z[:, 0], z[:, 1])
+        # float32 compute on float16 inputs: conditioning ~ (2 + beta)/t + 10 = 16 roundings of 2^-24 per term
+        np.testing.assert_allclose(loss.numpy(), ref_value, rtol=64 * 16 * 2.0**-24)
+        # the kernel's gradient passes float16 activations' gradient (2^-11 relative) through a matmul in float16
+        ref_grad = np.einsum("bvi,bvd->id", X.astype(np.float64), np.stack([ref_g.z1, ref_g.z2], 1))
+        np.testing.assert_allclose(grad.numpy(), ref_grad, rtol=0, atol=4 * DIN * 2.0**-11 * np.abs(ref_grad).max())
+
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=HCLLoss())  # wrapped in a LossScaleOptimizer
+        hist = model.fit(X, np.zeros(B), batch_size=B, epochs=2, verbose=0)
+        assert np.isfinite(hist.history["loss"]).all()
+        np.testing.assert_allclose(hist.history["loss"][0], ref_value, rtol=1e-3)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_config_round_trip_and_errors():
+    loss = HCLLoss(temperature=0.2, beta=2.0, estimator="easy", reduction="sum", use_labels=True, name="hcl")
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert isinstance(again, HCLLoss) and again.get_config() == loss.get_config()
+    with pytest.raises(ValueError, match="temperature must be finite and > 0"):  # the shared validation
+        HCLLoss(temperature=-1.0)
+    with pytest.raises(ValueError, match=r"y_pred of shape \(B, 2, d\)"):
+        HCLLoss()(None, tf.zeros([B, 3, D]))
+    with pytest.raises(ValueError, match="sample_weight"):
+        HCLLoss()(None, tf.zeros([B, 2, D]), sample_weight=tf.ones([B]))
