@@ -3,7 +3,7 @@
 B = 4096 pairs, d = 128, float32, forward+backward (issue 5's targets). Each measurement runs in its own process.
 On a shared machine run it under the heavy-run lock::
 
-    flock /tmp/hardneg-heavy.lock python benchmarks/bench_jax.py [--reps 5] [--large 65536]
+    flock /tmp/hardneg-heavy.lock python benchmarks/bench_jax.py [--rounds 3] [--reps 3] [--large 65536]
 """
 
 import sys

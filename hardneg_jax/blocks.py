@@ -29,7 +29,7 @@ from .rows import Needs, Statics, block_rows
 __all__ = ["DEFAULT_MEMORY_BUDGET", "LIVE_ROWS", "rows_per_block", "Inputs", "PassOut", "run_pass"]
 
 #: Default transient working memory of the blocked computation, in bytes (``memory_budget=None``) ...
-DEFAULT_MEMORY_BUDGET = 64 * 2**20
+DEFAULT_MEMORY_BUDGET = 32 * 2**20
 #: ... raised, when candidate rows are long (C > ~30k), to fit this many anchor rows: thinner blocks make
 #: the matrix products re-read all candidates too often (measured: 24 rows are 1.5x slower than 128).
 DEFAULT_MIN_ROWS = 128

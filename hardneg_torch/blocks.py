@@ -13,7 +13,8 @@ batch. Per block (docs/spec.md, sections 5 and 8):
    accumulate ``dL/dU[I] += G_I U`` and ``dL/dU += G_I^T U_I`` (``(G + G^T) U / t`` block by block).
 
 So the forward with gradient costs exactly the three (n x d)(d x n)-class products of the loss; the
-elementwise work is a handful of in-place passes over a block that stays in cache.
+elementwise work is a handful of in-place passes over a block of bounded size. The positive logits'
+terms are added once for all blocks at the end.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from .rows import Hyper, row_terms
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "block_rows", "in_batch", "shared_bank", "per_anchor_bank"]
 
-#: Default bytes of transient working memory: large enough that the products run at full speed,
-#: small enough that the block stays in cache (chosen by measurement, see docs/backends/torch.md).
+#: Default bytes of transient working memory: large enough that the products run at full speed and the
+#: number of blocks stays small, small enough to stay cache-friendly (measured: docs/backends/torch.md).
 DEFAULT_MEMORY_BUDGET = 32 * 2**20
 
 Coef = Union[None, float, torch.Tensor]
@@ -132,6 +133,7 @@ def in_batch(U: torch.Tensor, labels: Optional[torch.Tensor], anchors: Sequence[
     Ut = U * (1.0 / hp.temperature)
     S_buf, T_buf = _buffers(rows_per_block, n, U, hp, want_grad)
     gU = torch.zeros_like(U) if want_grad else None
+    q_pos = U.new_zeros((n,)) if want_grad else None  # coef * dloss/da / t of each anchor row
     losses = []
     neg_inf = -math.inf
     i0 = 0  # position of the block in the anchor order
@@ -154,9 +156,11 @@ def in_batch(U: torch.Tensor, labels: Optional[torch.Tensor], anchors: Sequence[
         if want_grad:
             gU[r0:r1].addmm_(G, U)
             gU.addmm_(G.t(), U[r0:r1])
-            gU[r0:r1].addcmul_(U[p0:p0 + b], qa[:, None])
-            gU[p0:p0 + b].addcmul_(U[r0:r1], qa[:, None])
+            q_pos[r0:r1] = qa
         i0 += b
+    if want_grad:  # the positive logits a_i = U_i . U_p(i) / t, once for all blocks (p is a shift by half)
+        gU.addcmul_(torch.roll(U, half, dims=0), q_pos[:, None])
+        gU.add_(torch.roll(U * q_pos[:, None], half, dims=0))
     loss = torch.cat(losses) if losses else U.new_zeros((0,))
     return loss, gU
 

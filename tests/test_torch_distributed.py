@@ -34,6 +34,8 @@ CASES = [
     ("uneven+labels", {2: [3, 5], 4: [2, 1, 4, 3]}, dict(labels=True, beta=2.0)),
     ("sum+easy", {2: [4, 2], 4: [2, 2, 3, 1]}, dict(reduction="sum", estimator="easy")),
     ("bank", {2: [3, 4], 4: [2, 3, 1, 2]}, dict(bank=True, beta=0.5)),
+    # "none" returns the local anchors' losses; their mean is exact for equal shards (recomputing backward)
+    ("none", {2: [4, 4], 4: [2, 2, 2, 2]}, dict(reduction="none", beta=3.0)),
 ]
 
 
@@ -58,7 +60,8 @@ def _loss(model, x1, x2, labels, bank, kw, gather):
         extra["labels"] = labels
     if kw.pop("bank", False):
         extra["negatives"] = bank
-    return hcl_loss(model(x1), model(x2), gather=gather, **extra, **kw)
+    out = hcl_loss(model(x1), model(x2), gather=gather, **extra, **kw)
+    return out.mean() if kw.get("reduction") == "none" else out
 
 
 def _worker(rank, world, port, out_dir, use_ddp):

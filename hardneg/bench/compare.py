@@ -6,6 +6,7 @@ Used by ``benchmarks/bench_{torch,jax,tf}.py``; each measurement is still its ow
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from typing import List, Tuple
 
@@ -45,9 +46,28 @@ def _ratio(a: dict, b: dict, quantity: str, stat: str = "median_s"):
     return a["extra_bytes"] / b["extra_bytes"]
 
 
-def compare(framework: str, *, batch: int = 4096, dim: int = 128, dtype: str = "float32", reps: int = 5,
-            budget: int = 16 * 10**9, estimator: str = "hard", large: List[int] = ()) -> Tuple[Harness, List[str]]:
-    """Measure the framework's floor, naive baseline(s) and backend at one batch; return the harness and report lines."""
+def _pool(rows: List[dict]) -> dict:
+    """One implementation's rounds as one measurement: all repetitions pooled, the largest memory of any round."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return rows[-1]
+    times = sorted(t for r in ok for t in r["times_s"])
+    out = dict(ok[0], times_s=times, median_s=statistics.median(times), min_s=times[0], max_s=times[-1],
+               extra_bytes=max(r["extra_bytes"] for r in ok), rounds=len(ok))
+    if len(ok) < len(rows):
+        out["message"] = f"{len(rows) - len(ok)} of {len(rows)} rounds failed"
+    return out
+
+
+def compare(framework: str, *, batch: int = 4096, dim: int = 128, dtype: str = "float32", reps: int = 3,
+            rounds: int = 3, budget: int = 16 * 10**9, estimator: str = "hard",
+            large: List[int] = ()) -> Tuple[Harness, List[str]]:
+    """Measure the framework's floor, naive baseline(s) and backend at one batch; return the harness and report lines.
+
+    ``rounds`` times, each implementation runs in a fresh process, in an order rotated every round, so that
+    a load that comes and goes on a shared machine falls on all of them alike; the repetitions of all rounds
+    are pooled (median, min, max) and the memory is the largest of the rounds.
+    """
     h = Harness(Settings(dim=dim, reps=reps, budget_bytes=budget, max_s=120.0))
     lines: List[str] = []
     names = []
@@ -57,13 +77,19 @@ def compare(framework: str, *, batch: int = 4096, dim: int = 128, dtype: str = "
             lines.append(msg)
         else:
             names.append(n)
-    got = {n: h.measure(n, batch, dtype, estimator) for n in names}
+    per: dict = {n: [] for n in names}
+    for r in range(max(1, rounds)):
+        order = names[r % len(names):] + names[:r % len(names)] if names else []
+        for n in order:
+            per[n].append(h.measure(n, batch, dtype, estimator, label=f"[round {r + 1}/{rounds}] "))
+    got = {n: _pool(per[n]) for n in names}
     lines.append(f"\n{framework}: B={batch} pairs, d={dim}, {dtype}, estimator={estimator}, forward+backward, "
-                 f"{reps} repetitions (median [min-max]); memory = peak RSS above a B={h.s.small_batch} run")
+                 f"{rounds} rounds x {reps} repetitions (median [min-max]); memory = peak RSS above a "
+                 f"B={h.s.small_batch} run")
     for n, m in got.items():
         if m["status"] == "ok":
             lines.append(f"  {n:<15} {m['median_s']:8.4f} s [{m['min_s']:.4f}-{m['max_s']:.4f}]  "
-                         f"+{format_bytes(m['extra_bytes'])}")
+                         f"{format_bytes(m['extra_bytes'], plus=True)}")
         else:
             lines.append(f"  {n:<15} {m['status']}: {m['message'].splitlines()[0] if m['message'] else ''}")
     lines.append("ratios (same run) against the issue's targets")
@@ -84,7 +110,7 @@ def compare(framework: str, *, batch: int = 4096, dim: int = 128, dtype: str = "
             m = h.measure(n, big, dtype, estimator, warmup=1, reps=0)
             if m["status"] == "ok":
                 lines.append(f"  {n} at B={big}: ran; one call {m['median_s']:.1f} s (compilation included), "
-                             f"+{format_bytes(m['extra_bytes'])} above the small run")
+                             f"{format_bytes(m['extra_bytes'], plus=True)} above the small run")
             else:
                 lines.append(f"  {n} at B={big}: {m['status']}: {m['message'].splitlines()[0] if m['message'] else ''}")
     return h, lines
@@ -95,13 +121,16 @@ def main(framework: str, argv=None) -> int:
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--dtype", default="float32")
-    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions per process (default 3)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="fresh processes per implementation, in rotated order (default 3)")
     p.add_argument("--estimator", default="hard", choices=("hard", "easy"))
     p.add_argument("--budget", default="16GB", help="memory one measurement may use (default 16GB)")
     p.add_argument("--large", type=int, action="append", default=[],
                    help="also run the backend once at this batch (e.g. 65536) and report its memory")
     a = p.parse_args(argv)
-    _, lines = compare(framework, batch=a.batch, dim=a.dim, dtype=a.dtype, reps=a.reps, budget=parse_bytes(a.budget),
+    _, lines = compare(framework, batch=a.batch, dim=a.dim, dtype=a.dtype, reps=a.reps, rounds=a.rounds,
+                       budget=parse_bytes(a.budget),
                        estimator=a.estimator, large=a.large)
     print("\n".join(lines))
     sys.stdout.flush()

@@ -44,10 +44,11 @@ def parse_bytes(text: str) -> int:
     return int(float(num) * units[unit])
 
 
-def format_bytes(n: Optional[float]) -> str:
+def format_bytes(n: Optional[float], plus: bool = False) -> str:
+    """'1.71 GB', '-246 kB'; ``plus`` writes a + before non-negative values (memory above a baseline)."""
     if n is None:
         return "-"
-    sign = "-" if n < 0 else ""
+    sign = "-" if n < 0 else ("+" if plus else "")
     n = abs(n)
     for unit, f in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= f:
@@ -249,7 +250,7 @@ class Harness:
         spread = ""
         if len(row["times_s"]) > 1:
             spread = f" [{row['min_s']:.3g}-{row['max_s']:.3g}]"
-        return f"{row['median_s']:.4g} s{spread}  +{format_bytes(row['extra_bytes'])}"
+        return f"{row['median_s']:.4g} s{spread}  {format_bytes(row['extra_bytes'], plus=True)}"
 
     # -------------------------------------------------------------------------------------------------
     def largest_batch(self, impl: str, dtype: str, estimator: str, *, start: int, time_cap_s: float,

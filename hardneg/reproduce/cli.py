@@ -1,6 +1,7 @@
 """``hardneg reproduce``: pre-train with NT-Xent, debiased and hard-negative losses on the bundled digits.
 
-Imports nothing heavy at module level: ``hardneg --help`` imports this module to build its parser.
+Imports no framework, scikit-learn or matplotlib until run: ``hardneg --help`` imports this module to build
+its parser.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .recipe import DEFAULT, QUICK  # NumPy only
+
     parser.add_argument(
         "--backend",
         choices=("torch", "jax", "tf"),
@@ -21,14 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="30 epochs and 2 seeds instead of 150 epochs and 5 seeds (about a minute on 2 cores)",
+        help=f"{QUICK.epochs} epochs and {len(QUICK.seeds)} seeds instead of {DEFAULT.epochs} epochs and "
+        f"{len(DEFAULT.seeds)} seeds (under a minute on 2 cores instead of a few)",
     )
     parser.add_argument(
         "--seeds",
         type=int,
         default=None,
         metavar="N",
-        help="use seeds 0..N-1 (default: 5, or 2 with --quick)",
+        help=f"use seeds 0..N-1 (default: {len(DEFAULT.seeds)}, or {len(QUICK.seeds)} with --quick)",
     )
     parser.add_argument(
         "--out",

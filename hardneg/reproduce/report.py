@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
-from .experiment import METRICS, Results
+from .experiment import Results
 
 __all__ = ["markdown", "paired_differences", "write_json", "plot_accuracy_vs_beta", "plot_embeddings",
            "plot_alignment_uniformity", "write_all", "OUTPUT_FILES"]
@@ -80,7 +80,8 @@ def markdown(record: Dict[str, Any]) -> str:
         beta = "–" if easy else _beta_str(m["beta"])
         tau = "–" if easy else f"{m['tau_plus']:g}"
         lines.append(
-            f"| {m['label']} | {m['estimator']} | {beta} | {tau} | {_pm(s['linear_probe'], 100)} | {_pm(s['knn'], 100)} | "
+            f"| {m['label']} | {m['estimator']} | {beta} | {tau} | "
+            f"{_pm(s['linear_probe'], 100)} | {_pm(s['knn'], 100)} | "
             f"{_pm(s['alignment'], digits=3)} | {_pm(s['uniformity'], digits=3)} |"
         )
     for name, s in record["baselines"].items():
@@ -102,7 +103,8 @@ def markdown(record: Dict[str, Any]) -> str:
             if m["key"] in diffs:
                 d = diffs[m["key"]]
                 lines.append(
-                    f"| {m['label']} | {_beta_str(m['beta'])} | {_pm(d['linear_probe'], 100, 2)} | {_pm(d['knn'], 100, 2)} |"
+                    f"| {m['label']} | {_beta_str(m['beta'])} | "
+                    f"{_pm(d['linear_probe'], 100, 2)} | {_pm(d['knn'], 100, 2)} |"
                 )
     lines += [
         "",
@@ -201,7 +203,8 @@ def plot_embeddings(results: Results, path: str) -> None:
     record = results.record
     labels_of = {m["key"]: (m["label"] if m["estimator"] == "easy" else f"{m['label']} β={_beta_str(m['beta'])}")
                  for m in record["config"]["methods"]}
-    keys = [k for k in results.embeddings if k != "raw pixels"] + (["raw pixels"] if "raw pixels" in results.embeddings else [])
+    keys = [k for k in results.embeddings if k != "raw pixels"]
+    keys += ["raw pixels"] if "raw pixels" in results.embeddings else []
     cols = min(4, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig = _figure(3.0 * cols, 3.0 * rows + 0.5)
@@ -229,7 +232,8 @@ def plot_alignment_uniformity(record: Dict[str, Any], path: str) -> None:
     fig = _figure(4.8, 3.8)
     ax = fig.subplots()
     for i, m in enumerate(record["config"]["methods"]):
-        pts = [(r["metrics"]["uniformity"], r["metrics"]["alignment"]) for r in record["runs"] if r["method"] == m["key"]]
+        runs = [r for r in record["runs"] if r["method"] == m["key"]]
+        pts = [(r["metrics"]["uniformity"], r["metrics"]["alignment"]) for r in runs]
         pts = np.array([p for p in pts if None not in p], dtype=np.float64).reshape(-1, 2)
         label = m["label"] if m["estimator"] == "easy" else f"{m['label']} β={_beta_str(m['beta'])}"
         ax.scatter(pts[:, 0], pts[:, 1], s=18, color=f"C{i}", label=label)

