@@ -58,7 +58,7 @@ def _gather_padded(x: torch.Tensor, sizes: Sequence[int], group) -> torch.Tensor
         x = torch.cat([x, x.new_zeros((longest - x.shape[0],) + tuple(x.shape[1:]))])
     parts = [torch.empty_like(x) for _ in sizes]
     dist.all_gather(parts, x.contiguous(), group=group)
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+    return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)])
 
 
 class _AllGather(torch.autograd.Function):
