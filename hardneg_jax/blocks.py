@@ -29,9 +29,10 @@ from .rows import Needs, Statics, block_rows
 __all__ = ["DEFAULT_MEMORY_BUDGET", "LIVE_ROWS", "rows_per_block", "Inputs", "PassOut", "run_pass"]
 
 #: Default transient working memory of the blocked computation, in bytes (``memory_budget=None``) ...
-DEFAULT_MEMORY_BUDGET = 32 * 2**20
-#: ... raised, when candidate rows are long (C > ~30k), to fit this many anchor rows: thinner blocks make
-#: the matrix products re-read all candidates too often (measured: 24 rows are 1.5x slower than 128).
+DEFAULT_MEMORY_BUDGET = 16 * 2**20
+#: ... raised, when candidate rows are long (C > ~7.7k in float32), to fit this many anchor rows: thinner
+#: blocks make the matrix products re-read all candidates too often (24 rows were 1.5x slower than 128 at
+#: C = 32768; at B = 4096 pairs, 128 rows are as fast as 480 and need a third of the memory).
 DEFAULT_MIN_ROWS = 128
 #: (R, C) compute-dtype arrays live at once in a block (similarities, two exponentials, gradient, XLA temporaries).
 LIVE_ROWS = 4

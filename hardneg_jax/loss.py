@@ -142,8 +142,9 @@ def hcl_loss(
         "none" returns per-anchor losses, shape (2B,) (z1 rows then z2 rows) or (B,) with a bank.
     memory_budget : int, optional (static)
         Bytes of transient working memory for one block of anchors: the block holds about 4 arrays of shape
-        (rows, candidates) in the compute dtype. Default: 64 MiB, raised to fit 128 rows when the candidate
-        rows are very long. Under ``vmap`` it is per problem.
+        (rows, candidates) in the compute dtype. Default: 16 MiB, raised to fit 128 rows of in-batch or
+        shared-bank candidates (so 128 rows per block from C ~ 7.7k candidates on). Under ``vmap`` it is per
+        problem.
     axis_name : hashable, optional (static)
         Inside ``shard_map``/``pmap``/``vmap`` over this axis: every device's z1, z2 (and labels) are
         gathered as negatives; the loss is over the local anchors. Averaging the per-device losses and the

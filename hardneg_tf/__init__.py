@@ -4,7 +4,12 @@
 first use, since it needs Keras) wraps it as a ``keras.losses.Loss``.
 """
 
+from typing import TYPE_CHECKING
+
 from .loss import DEFAULT_MEMORY_BUDGET, hcl_loss
+
+if TYPE_CHECKING:  # for type checkers and the API docs; at run time Keras is imported on first use
+    from .keras import HCLLoss
 
 __all__ = ["hcl_loss", "HCLLoss", "DEFAULT_MEMORY_BUDGET"]
 

@@ -50,10 +50,11 @@ class HCLLoss(keras.losses.Loss):
         Dtype the views are cast to before the loss; default ``keras.backend.floatx()`` (float32), which
         also makes a ``mixed_float16`` model's float16 outputs compute the loss in float32.
 
-    Call
-    ----
-    ``loss(y_true, y_pred)`` with ``y_pred`` of shape (B, 2, d) (or a pair ``(z1, z2)``); returns a scalar
-    (or (2B,) for ``reduction="none"``). ``sample_weight`` is not supported (anchors are 2B rows, not B samples).
+    Notes
+    -----
+    Called as ``loss(y_true, y_pred)`` with ``y_pred`` of shape (B, 2, d) (or a pair ``(z1, z2)``); returns a
+    scalar (or (2B,) for ``reduction="none"``). ``sample_weight`` is not supported (the anchors are the 2B
+    views, not the B samples).
 
     Under a ``tf.distribute`` strategy with R replicas in sync, the scalar value is divided by R, as Keras'
     built-in losses do, so that the optimizer's sum of the replicas' gradients is their average.

@@ -154,22 +154,26 @@ def _torch_or_skip():
 
 
 STANDIN = textwrap.dedent("""
+    import os
+
     from hardneg.bench import impls
 
     def build(**kw):
-        # stands in for a backend: the naive step under another name
+        # stands in for a backend: the naive step under another name, refusing to run on more than one CPU
+        if len(os.sched_getaffinity(0)) != 1 or os.environ.get("OMP_NUM_THREADS") != "1":
+            raise RuntimeError("threads=1 was not applied")
         return impls.build("naive_torch", kw["batch"], kw["dim"], kw["dtype"], kw["device"], kw["estimator"],
                            kw["hp"])
 """)
 
 
 def test_custom_implementation_measured_in_a_subprocess(tmp_path, monkeypatch):
-    """A stand-in backend given as module:function is measured in its own process."""
+    """A stand-in backend given as module:function is measured in its own process, on one CPU when asked."""
     _torch_or_skip()
     (tmp_path / "standin_backend.py").write_text(STANDIN)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setattr(sys, "path", [str(tmp_path)] + sys.path)
-    h = Harness(Settings(dim=D, reps=2, min_rep_s=0.0, small_batch=4), progress=lambda line: None)
+    h = Harness(Settings(dim=D, reps=2, min_rep_s=0.0, small_batch=4, threads=1), progress=lambda line: None)
     m = h.measure("standin_backend:build", 8, "float32", "hard")
     assert m["status"] == "ok", m["message"]
     assert len(m["times_s"]) == 2 and all(t > 0 for t in m["times_s"])

@@ -101,6 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--small-batch", type=int, default=16,
                         help="batch of the run whose peak memory is subtracted (default 16)")
     parser.add_argument("--timeout", type=float, default=900.0, help="kill one measurement after this (seconds)")
+    parser.add_argument("--threads", type=int,
+                        help="run every measurement on this many CPUs (default: all, the frameworks' default)")
 
 
 def _version(dist: str):
@@ -159,7 +161,9 @@ def run(args) -> int:
         return 2
 
     settings = Settings(dim=args.dim, device=args.device, warmup=max(1, args.warmup), reps=max(1, reps),
-                        timeout_s=args.timeout, budget_bytes=args.budget, small_batch=args.small_batch)
+                        timeout_s=args.timeout, budget_bytes=args.budget, small_batch=args.small_batch,
+                        threads=args.threads)
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     harness = Harness(settings)
     jobs = [(est, dt, b, impl) for est in estimators for dt in dtypes for b in batches
             for impl in chosen if est in _impls.get(impl).estimators]
@@ -180,7 +184,7 @@ def run(args) -> int:
                                   time_cap_s=time_cap)
 
     meta = {"command": "hardneg bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": started,
             "machine": _machine(), "skipped": skipped, "implementations": {
                 n: {"label": _impls.get(n).label, "kind": _impls.get(n).kind, "framework": _impls.get(n).framework}
                 for n in chosen}}

@@ -61,14 +61,14 @@ def _pool(rows: List[dict]) -> dict:
 
 def compare(framework: str, *, batch: int = 4096, dim: int = 128, dtype: str = "float32", reps: int = 3,
             rounds: int = 3, budget: int = 16 * 10**9, estimator: str = "hard",
-            large: List[int] = ()) -> Tuple[Harness, List[str]]:
+            large: List[int] = (), threads=None) -> Tuple[Harness, List[str]]:
     """Measure the framework's floor, naive baseline(s) and backend at one batch; return the harness and report lines.
 
     ``rounds`` times, each implementation runs in a fresh process, in an order rotated every round, so that
     a load that comes and goes on a shared machine falls on all of them alike; the repetitions of all rounds
     are pooled (median, min, max) and the memory is the largest of the rounds.
     """
-    h = Harness(Settings(dim=dim, reps=reps, budget_bytes=budget, max_s=120.0))
+    h = Harness(Settings(dim=dim, reps=reps, budget_bytes=budget, max_s=120.0, threads=threads))
     lines: List[str] = []
     names = []
     for n in ORDER[framework]:
@@ -85,7 +85,7 @@ def compare(framework: str, *, batch: int = 4096, dim: int = 128, dtype: str = "
     got = {n: _pool(per[n]) for n in names}
     lines.append(f"\n{framework}: B={batch} pairs, d={dim}, {dtype}, estimator={estimator}, forward+backward, "
                  f"{rounds} rounds x {reps} repetitions (median [min-max]); memory = peak RSS above a "
-                 f"B={h.s.small_batch} run")
+                 f"B={h.s.small_batch} run; threads: {threads or 'all CPUs'}")
     for n, m in got.items():
         if m["status"] == "ok":
             lines.append(f"  {n:<15} {m['median_s']:8.4f} s [{m['min_s']:.4f}-{m['max_s']:.4f}]  "
@@ -125,12 +125,13 @@ def main(framework: str, argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3,
                    help="fresh processes per implementation, in rotated order (default 3)")
     p.add_argument("--estimator", default="hard", choices=("hard", "easy"))
+    p.add_argument("--threads", type=int, help="run every measurement on this many CPUs (default: all)")
     p.add_argument("--budget", default="16GB", help="memory one measurement may use (default 16GB)")
     p.add_argument("--large", type=int, action="append", default=[],
                    help="also run the backend once at this batch (e.g. 65536) and report its memory")
     a = p.parse_args(argv)
     _, lines = compare(framework, batch=a.batch, dim=a.dim, dtype=a.dtype, reps=a.reps, rounds=a.rounds,
-                       budget=parse_bytes(a.budget),
+                       budget=parse_bytes(a.budget), threads=a.threads,
                        estimator=a.estimator, large=a.large)
     print("\n".join(lines))
     sys.stdout.flush()

@@ -13,7 +13,6 @@ remains is what the batch costs.
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -73,6 +72,8 @@ class Settings:
     budget_bytes : memory above the small-batch run allowed to one measurement; the process is killed beyond.
     small_batch : batch of the run whose peak memory is subtracted.
     poll_s : how often the parent samples the child's resident memory.
+    threads : run each measurement on this many CPUs (None: the framework's default, all CPUs). On a machine
+        shared with other jobs, 1 avoids thread pools waiting on a descheduled thread.
     """
 
     dim: int = 128
@@ -86,6 +87,7 @@ class Settings:
     budget_bytes: int = 8 * 10**9
     small_batch: int = 16
     poll_s: float = 0.02
+    threads: Optional[int] = None
 
 
 def _rss_bytes(pid: int) -> Optional[int]:
@@ -193,7 +195,7 @@ class Harness:
             "impl": impl, "batch": batch, "dim": s.dim, "dtype": dtype, "device": s.device,
             "estimator": estimator, "hp": s.hp, "warmup": s.warmup if warmup is None else warmup,
             "reps": s.reps if reps is None else reps, "min_rep_s": s.min_rep_s, "max_s": s.max_s,
-            "device_budget": s.budget_bytes,
+            "device_budget": s.budget_bytes, "threads": s.threads,
         }
 
     def small_run(self, impl: str, dtype: str, estimator: str) -> dict:

@@ -39,8 +39,9 @@ def format_results(data: dict) -> str:
         batches = sorted({m["batch"] for m in rows})
         impls = list(dict.fromkeys(m["impl"] for m in rows))
         by = {(m["impl"], m["batch"]): m for m in rows}
-        out.append(f"\nforward+backward: median time per step and peak memory above a B={data['settings']['small_batch']}"
-                   f" run  (estimator={est}, {dtype}, d={data['settings']['dim']}, {data['settings']['device']})")
+        st = data["settings"]
+        out.append(f"\nforward+backward: median time per step and peak memory above a B={st['small_batch']} run"
+                   f"  (estimator={est}, {dtype}, d={st['dim']}, {st['device']})")
         out.append(_table(["implementation"] + [f"B={b}" for b in batches],
                           [[i] + [_cell(by.get((i, b))) for b in batches] for i in impls]))
     rat = [r for r in data["ratios"] if r["baseline"] or r["floor"]]
