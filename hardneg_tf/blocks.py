@@ -185,7 +185,6 @@ class InBatch(_Layout):
         return self.n * itemsize * LIVE_BLOCKS
 
     def block(self, rows, valid):
-        cfg = self.cfg
         Ub = tf.gather(self.U, rows)
         S = tf.matmul(tf.gather(self.Us, rows), self.U, transpose_b=True)  # (bs, n)
         if self.labels is None:

@@ -13,7 +13,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from hardneg.validation import UNKNOWN, check_call
+from hardneg.validation import check_call
 
 from . import blocks
 from .numerics import Config, make_config, normalize, normalize_backward

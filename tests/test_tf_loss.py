@@ -161,7 +161,7 @@ def test_compiled_modes_match_reference(extra, kw, mode):
 def test_unknown_batch_xla():
     """jit_compile with None dimensions: XLA compiles per concrete shape, the block plan included."""
     arrays = dict(z1=D["z1"], z2=D["z2"])
-    v, g = run_tf(arrays, {}, mode="unknown", memory_budget=BUDGET)
+    v, _ = run_tf(arrays, {}, mode="unknown", memory_budget=BUDGET)
     xs = [tf.constant(D["z1"]), tf.constant(D["z2"])]
     sig = [tf.TensorSpec([None, None], tf.float64)] * 2
     f = tf.function(lambda a, b: hardneg_tf.hcl_loss(a, b, memory_budget=BUDGET), input_signature=sig,
