@@ -18,6 +18,7 @@ recipe      the methods, the fixed hyper-parameters, the batch stream every back
 train_torch, train_jax, train_tf   the training loop in each framework
 evaluate    linear probe, kNN, alignment, uniformity
 experiment  runs every method and seed and collects the results
+progress    the progress bar
 report      markdown table, JSON and PNG figures
 cli         ``hardneg reproduce [--backend torch|jax|tf] [--quick] [--seeds N] [--out DIR]``
 """

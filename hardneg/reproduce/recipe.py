@@ -34,6 +34,9 @@ Training (fixed before any result was seen; identical for every method and backe
 
   with eta = 1e-3, lambda = 1e-6 (the released code's values), beta1 = 0.9, beta2 = 0.999, eps = 1e-8.
 
+Presets: ``DEFAULT`` 150 epochs, seeds 0-4; ``QUICK`` 30 epochs, seeds 0-1 (chosen for run time, before any
+method was compared; docs/reproduce.md).
+
 Seeds: seed ``s`` fixes the initial weights (:func:`hardneg.reproduce.encoder.init_params`), the order of
 the images and every augmented view (:func:`batches`). Within a seed all methods share all three; the
 experiment uses seeds 0, 1, ..., N-1, never a selection.
