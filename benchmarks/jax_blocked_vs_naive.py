@@ -59,7 +59,8 @@ def time_and_temp(batch: int, dim: int, reps: int) -> dict:
     programs = _steps(batch, dim)
     out = {}
     for name, (fn, args) in programs.items():
-        out[name] = {"temp_bytes": fn.lower(*args).compile().memory_analysis().temp_size_in_bytes, "time_s": float("inf")}
+        temp = fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
+        out[name] = {"temp_bytes": temp, "time_s": float("inf")}
         jax.block_until_ready(fn(*args))  # compile + first run
     for _ in range(reps):
         for name, (fn, args) in programs.items():
@@ -102,7 +103,8 @@ def main(argv=None) -> int:
         print(f"| {name} | {r['time_s']:.3f} | {r['time_s'] / n['time_s']:.2f} | {r['time_s'] / f['time_s']:.2f} | "
               f"{r['temp_bytes'] / 2**20:.1f} | {r['peak_extra_bytes'] / 2**20:.0f} |")
     print(f"\nhardneg_jax / naive: time {o['time_s'] / n['time_s']:.2f}x, XLA temp "
-          f"{o['temp_bytes'] / n['temp_bytes']:.3f}x, peak RSS extra {o['peak_extra_bytes'] / n['peak_extra_bytes']:.3f}x; "
+          f"{o['temp_bytes'] / n['temp_bytes']:.3f}x, "
+          f"peak RSS extra {o['peak_extra_bytes'] / n['peak_extra_bytes']:.3f}x; "
           f"hardneg_jax / floor: time {o['time_s'] / f['time_s']:.2f}x")
     if args.large:
         r = peak_rss("hardneg_jax", args.large, args.dim, reps=0)

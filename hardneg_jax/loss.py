@@ -41,8 +41,11 @@ def _is_tracer(x) -> bool:
 def _hyper(name: str, v: Any):
     """(value for check_call, concrete float or None). Tracers are UNKNOWN; 0-d arrays are read as numbers."""
     if _is_tracer(v):
-        if jnp.ndim(v) != 0 or not jnp.issubdtype(v.dtype, jnp.number) or jnp.issubdtype(v.dtype, jnp.complexfloating):
-            raise TypeError(f"{name} must be a real scalar; got a traced array of shape {jnp.shape(v)} and dtype {v.dtype}")
+        real = jnp.issubdtype(v.dtype, jnp.number) and not jnp.issubdtype(v.dtype, jnp.complexfloating)
+        if jnp.ndim(v) != 0 or not real:
+            raise TypeError(
+                f"{name} must be a real scalar; got a traced array of shape {jnp.shape(v)} and dtype {v.dtype}"
+            )
         return UNKNOWN, None
     if isinstance(v, (jax.Array, np.ndarray, np.generic)) and np.ndim(v) == 0:
         dt = np.asarray(v).dtype
@@ -168,9 +171,9 @@ def hcl_loss(
     Robinson, Chuang, Sra, Jegelka. Contrastive Learning with Hard Negative Samples. ICLR 2021.
     Chuang, Robinson, Lin, Torralba, Jegelka. Debiased Contrastive Learning. NeurIPS 2020.
     """
-    t_chk, t_val = _hyper("temperature", temperature)
+    t_chk, _ = _hyper("temperature", temperature)
     b_chk, b_val = _hyper("beta", beta)
-    tp_chk, tp_val = _hyper("tau_plus", tau_plus)
+    tp_chk, _ = _hyper("tau_plus", tau_plus)
     call = dict(
         z1_shape=_shape(z1),
         z2_shape=_shape(z2),

@@ -25,7 +25,8 @@ def normalize_rows(z: jax.Array):
 
 
 def normalize_rows_bwd(gu: jax.Array, u: jax.Array, norm: jax.Array) -> jax.Array:
-    """dL/dz from dL/du: (g - u (u.g)) / ||z|| when ||z|| >= eps (the tie included, like torch's clamp_min), else g / eps."""
+    """dL/dz from dL/du: (g - u (u.g)) / ||z|| when ||z|| >= eps (the tie included, like torch's clamp_min),
+    else g / eps."""
     radial = jnp.sum(gu * u, axis=-1, keepdims=True)
     big = norm >= NORM_EPS
     return jnp.where(big, (gu - u * radial) / jnp.where(big, norm, 1.0), gu / NORM_EPS)

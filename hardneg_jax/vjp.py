@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+
 import jax
 import jax.numpy as jnp
 from jax.custom_derivatives import SymbolicZero
@@ -112,7 +113,8 @@ def _gradients(st, z1, z2, neg, labels, nlabels, t, beta, tau, row0, c, needs: N
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def hcl_core(st: Statics, z1, z2, neg, labels, nlabels, t, beta, tau, row0):
-    """The loss value. Arrays as given (z1, z2 gathered in-batch when distributed); t, beta, tau in the compute dtype."""
+    """The loss value. Arrays as given (z1, z2 gathered in-batch when distributed); t, beta, tau in the
+    compute dtype."""
     x, _ = _inputs(st, z1, z2, neg, labels, nlabels, row0)
     out = run_pass(st, x, t, beta, tau)
     return _reduce(st, out.loss, _nonfinite(z1, z2, neg), z1.dtype)

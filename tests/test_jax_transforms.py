@@ -10,10 +10,9 @@ import math
 
 import numpy as np
 import pytest
+from jax_util import RTOL64, assert_close, problem, reference
 
 import hardneg
-
-from jax_util import RTOL64, assert_close, problem, reference
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
@@ -52,7 +51,8 @@ def test_traced_hyperparameters_compile_once_for_every_value():
         return jax.value_and_grad(loss, argnums=(0, 1))(a, b)
 
     with jax.enable_x64(True):
-        for t, beta, tau in [(0.5, 1.0, 0.1), (0.2, 0.0, 0.0), (0.5, math.inf, 0.1), (1.0, 3.0, 0.3), (0.1, math.inf, 0.0)]:
+        values = [(0.5, 1.0, 0.1), (0.2, 0.0, 0.0), (0.5, math.inf, 0.1), (1.0, 3.0, 0.3), (0.1, math.inf, 0.0)]
+        for t, beta, tau in values:
             v, g = step(z1, z2, t, beta, tau)
             want_v, want_g = reference(z1, z2, temperature=t, beta=beta, tau_plus=tau)
             assert_close(v, want_v, RTOL64, f"value at {t, beta, tau}")
@@ -153,7 +153,6 @@ def test_checkpoint_and_jit_of_grad_agree_with_plain_grad():
 
 
 def test_forward_mode_is_refused_by_the_custom_vjp():
-    z1, z2, _ = problem(seed=7)
-    z1 = jnp.asarray(z1, jnp.float32)
+    z1 = jnp.asarray(problem(seed=7)[0], jnp.float32)
     with pytest.raises(TypeError, match="custom_vjp"):
         jax.jvp(lambda a: hardneg_jax.hcl_loss(a, a[::-1]), (z1,), (z1,))

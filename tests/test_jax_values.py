@@ -13,10 +13,9 @@ import re
 
 import numpy as np
 import pytest
+from jax_util import RTOL64, assert_close, jax_value_and_grads, problem, reference
 
 import hardneg
-
-from jax_util import RTOL64, assert_close, jax_value_and_grads, problem, reference
 
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
@@ -129,7 +128,8 @@ def test_nonfinite_input_makes_everything_nan(where, bad):
     arrays[where][1, 0] = bad
     for reduction in ("mean", "none"):
         with jax.enable_x64(True):
-            v, g, _ = jax_value_and_grads(arrays["z1"], arrays["z2"], negatives=arrays["negatives"], reduction=reduction)
+            v, g, _ = jax_value_and_grads(arrays["z1"], arrays["z2"], negatives=arrays["negatives"],
+                                          reduction=reduction)
         assert np.isnan(v).all() and all(np.isnan(x).all() for x in g)
 
 
