@@ -10,7 +10,6 @@ different summation order of the all-reduce and the blocks, ~1e-15 each).
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 
 import numpy as np
@@ -22,6 +21,8 @@ if not dist.is_available() or not dist.is_gloo_available():  # pragma: no cover 
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
 import torch.multiprocessing as mp  # noqa: E402
+
+import torch_workers  # noqa: E402
 
 from hardneg_torch import hcl_loss  # noqa: E402
 
@@ -64,35 +65,34 @@ def _loss(model, x1, x2, labels, bank, kw, gather):
     return out.mean() if kw.get("reduction") == "none" else out
 
 
+def _run_cases(rank, world, out_dir, use_ddp):
+    for ci, (name, shards, kw) in enumerate(CASES):
+        sizes = shards[world]
+        x1, x2, labels, bank = _data(sum(sizes), seed=ci)
+        lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
+        model = _encoder()
+        net = torch.nn.parallel.DistributedDataParallel(model) if use_ddp else model
+        loss = _loss(net, x1[lo:hi], x2[lo:hi], labels[lo:hi], bank[lo:hi], kw, gather=True)
+        loss.backward()
+        grad = model.weight.grad.clone()  # with DDP: already averaged; without: this rank's raw gradient
+        np.save(os.path.join(out_dir, f"{name}-{rank}.npy"),
+                np.concatenate([[loss.item()], grad.numpy().ravel()]))
+
+
 def _worker(rank, world, port, out_dir, use_ddp):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    torch.set_num_threads(1)
+    torch_workers.init(rank, world, port)
     try:
-        for ci, (name, shards, kw) in enumerate(CASES):
-            sizes = shards[world]
-            x1, x2, labels, bank = _data(sum(sizes), seed=ci)
-            lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
-            model = _encoder()
-            net = torch.nn.parallel.DistributedDataParallel(model) if use_ddp else model
-            loss = _loss(net, x1[lo:hi], x2[lo:hi], labels[lo:hi], bank[lo:hi], kw, gather=True)
-            loss.backward()
-            grad = model.weight.grad.clone()  # with DDP: already averaged; without: this rank's raw gradient
-            np.save(os.path.join(out_dir, f"{name}-{rank}.npy"),
-                    np.concatenate([[loss.item()], grad.numpy().ravel()]))
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        _run_cases(rank, world, out_dir, use_ddp)  # every tensor, graph and module is gone when it returns
+    except BaseException:
+        torch_workers.abort()
+        raise
+    torch_workers.finish(threads_file=os.path.join(out_dir, f"threads-{rank}.txt"))
 
 
 @pytest.mark.parametrize("world,use_ddp", [(2, True), (4, False)])
 def test_gather_equals_single_process_training(world, use_ddp):
     with tempfile.TemporaryDirectory() as out_dir:
-        mp.spawn(_worker, args=(world, _free_port(), out_dir, use_ddp), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, torch_workers.free_port(), out_dir, use_ddp), nprocs=world, join=True)
         for ci, (name, shards, kw) in enumerate(CASES):
             x1, x2, labels, bank = _data(sum(shards[world]), seed=ci)
             model = _encoder()
@@ -113,3 +113,9 @@ def test_gather_equals_single_process_training(world, use_ddp):
             # The scale explicitly: the averaged gradient is 1x the single-process one, not 1/W or W times it.
             scale = np.vdot(g_avg, g_single) / np.vdot(g_single, g_single)
             assert abs(scale - 1.0) < 1e-9, (name, scale)
+        if not use_ddp:
+            # hardneg's gather holds no reference to the group: destroying it ends gloo's worker threads, so
+            # the library itself never leaves them running into interpreter shutdown (tests/torch_workers.py).
+            for r in range(world):
+                with open(os.path.join(out_dir, f"threads-{r}.txt")) as f:
+                    assert f.read() == "", f"rank {r}: gloo threads alive after destroy_process_group"
