@@ -9,6 +9,10 @@ them:
 - ``:func:`name```, ``:class:``, ``:meth:``, ``:mod:``, ``:data:``, ``:attr:``, ``:exc:``, ``:obj:`` become
   inline code ``name`` (``~a.b`` shows ``b``; ``title <target>`` shows ``title``). They do not become links:
   a role may name an object outside the site (``torch.Tensor``), which would fail the strict build.
+- a plain-text path to a documentation page, ``docs/backends/torch.md`` or ``docs/spec.md``, becomes a link to
+  that page (the text stays the path, as ``help()`` shows it). The API pages all live in ``docs/api/``, so the
+  link is ``../<path below docs/>``; ``mkdocs build --strict`` fails on a path to a page that does not exist.
+  Paths inside inline code (````docs/spec.md````) stay code.
 """
 
 from __future__ import annotations
@@ -20,6 +24,10 @@ import griffe
 _MATH_ROLE = re.compile(r":math:`([^`]+)`")
 _XREF_ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|data|attr|exc|obj):`([^`]+)`")
 _MATH_BLOCK = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*(?P<inline>.*)$")
+# "docs/<page>.md" in running text: not inside a word, a path, inline code or an existing link.
+_DOCS_PATH = re.compile(r"(?<![\w/`\[.-])(?<!\]\()docs/(?P<page>(?:[\w-]+/)*[\w-]+\.md)(?![\w/`])")
+#: Where the API pages are, relative to docs/ (links from them go up one level).
+API_PAGES_DIR = "api"
 
 
 def _xref_text(target: str) -> str:
@@ -64,11 +72,30 @@ def _math_blocks(text: str) -> str:
     return "\n".join(out)
 
 
+def _link_docs_paths(text: str) -> str:
+    """``docs/x/y.md`` in prose -> ``[docs/x/y.md](../x/y.md)``; code spans and fenced blocks untouched."""
+    up = "../" * len(API_PAGES_DIR.split("/"))
+    out, fenced = [], False
+    for line in text.split("\n"):
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+        if fenced or line.lstrip().startswith((">>>", "...")):  # code: fenced blocks, doctest lines
+            out.append(line)
+            continue
+        parts = re.split(r"(`+[^`]*`+)", line)  # odd items are inline code
+        parts = [p if i % 2 else _DOCS_PATH.sub(lambda m: f"[docs/{m['page']}]({up}{m['page']})", p)
+                 for i, p in enumerate(parts)]
+        out.append("".join(parts))
+    return "\n".join(out)
+
+
 def rst_to_markdown(text: str) -> str:
-    """The docstring ``text`` with reStructuredText math and cross-reference roles in Markdown."""
+    """The docstring ``text`` with reStructuredText math and cross-reference roles in Markdown, and paths to
+    documentation pages as links."""
     text = _math_blocks(text)
     text = _MATH_ROLE.sub(lambda m: "$" + m.group(1).strip() + "$", text)
-    return _XREF_ROLE.sub(lambda m: "`" + _xref_text(m.group(1)) + "`", text)
+    text = _XREF_ROLE.sub(lambda m: "`" + _xref_text(m.group(1)) + "`", text)
+    return _link_docs_paths(text)
 
 
 class RstDocstrings(griffe.Extension):

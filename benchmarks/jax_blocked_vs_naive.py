@@ -1,4 +1,4 @@
-"""hardneg_jax against the naive jitted transliteration of the released arithmetic, side by side (issue 5).
+"""hardneg_jax against the naive jitted transliteration of the released arithmetic, side by side (issues 5, 13).
 
 One forward+backward step (``jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))``) of three programs at the
 same B, d, float32, CPU:
@@ -14,9 +14,15 @@ resident set size (VmHWM) of a fresh process running one step, minus that of the
 (interpreter, imports and compiled code cancel). ``--large B`` also runs hardneg_jax alone once at B pairs
 in a fresh process (compilation included) and reports its time and peak memory.
 
+``--layout cross`` compares the cross layout (``hcl_loss(z1, z2, layout="cross")``, symmetric: 2B anchors,
+B candidates each) with the naive CLIP-style program ``naive_jax.cross_value_and_grad`` (one (B x B) logit matrix
+and its transpose, the released formula per direction, autodiff); the floor is then the three (B x d)(d x B)
+products.
+
 Run it under the shared lock so that timings are not disturbed by other heavy jobs::
 
     flock /tmp/hardneg-heavy.lock python benchmarks/jax_blocked_vs_naive.py --batch 4096 --large 65536
+    flock /tmp/hardneg-heavy.lock python benchmarks/jax_blocked_vs_naive.py --batch 4096 --layout cross
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import time
 HP = {"temperature": 0.5, "beta": 1.0, "tau_plus": 0.1}
 
 
-def _steps(batch: int, dim: int):
+def _steps(batch: int, dim: int, layout: str = "in_batch"):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -42,8 +48,16 @@ def _steps(batch: int, dim: int):
     z1 = jnp.asarray(rng.standard_normal((batch, dim), dtype=np.float32))
     z2 = jnp.asarray(rng.standard_normal((batch, dim), dtype=np.float32))
     u = jnp.concatenate([z1, z2])
-    ours = jax.jit(jax.value_and_grad(lambda a, b: hardneg_jax.hcl_loss(a, b, **HP), argnums=(0, 1)))
     t, b, tp = HP["temperature"], HP["beta"], HP["tau_plus"]
+    if layout == "cross":
+        ours = jax.jit(jax.value_and_grad(lambda a, b: hardneg_jax.hcl_loss(a, b, layout="cross", **HP),
+                                          argnums=(0, 1)))
+        return {
+            "hardneg_jax_cross": (ours, (z1, z2)),
+            "naive_jax_cross": (naive_jax.cross_value_and_grad, (z1, z2, t, b, tp)),
+            "floor_jax": (naive_jax.floor, (z1,)),  # the (B x d)(d x B)-class products
+        }
+    ours = jax.jit(jax.value_and_grad(lambda a, b: hardneg_jax.hcl_loss(a, b, **HP), argnums=(0, 1)))
     programs = {
         "hardneg_jax": (ours, (z1, z2)),
         "naive_jax": (naive_jax.value_and_grad, (z1, z2, t, b, tp)),
@@ -52,11 +66,11 @@ def _steps(batch: int, dim: int):
     return programs
 
 
-def time_and_temp(batch: int, dim: int, reps: int) -> dict:
+def time_and_temp(batch: int, dim: int, reps: int, layout: str = "in_batch") -> dict:
     """Interleaved minimum step time and XLA temporary bytes of each program."""
     import jax
 
-    programs = _steps(batch, dim)
+    programs = _steps(batch, dim, layout)
     out = {}
     for name, (fn, args) in programs.items():
         temp = fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
@@ -88,15 +102,21 @@ def main(argv=None) -> int:
     ap.add_argument("--dim", type=int, default=128, help="feature dimension d (default 128)")
     ap.add_argument("--reps", type=int, default=5, help="interleaved timing rounds (default 5)")
     ap.add_argument("--large", type=int, default=0, help="also run hardneg_jax once at this many pairs")
+    ap.add_argument("--layout", choices=("in_batch", "cross"), default="in_batch",
+                    help="in_batch (default) or cross (against the naive CLIP-style program)")
     args = ap.parse_args(argv)
 
-    res = time_and_temp(args.batch, args.dim, args.reps)
+    cross = args.layout == "cross"
+    res = time_and_temp(args.batch, args.dim, args.reps, args.layout)
     for name in res:
-        big, small = peak_rss(name, args.batch, args.dim), peak_rss(name, 64, args.dim)
+        # the worker's floor_jax multiplies 2B rows; the cross layout's floor has B rows
+        b = args.batch // 2 if (cross and name == "floor_jax") else args.batch
+        big, small = peak_rss(name, b, args.dim), peak_rss(name, 64, args.dim)
         res[name]["peak_extra_bytes"] = big["peak_bytes"] - small["peak_bytes"]
-    n, f, o = res["naive_jax"], res["floor_jax"], res["hardneg_jax"]
-    print(f"B = {args.batch} pairs, d = {args.dim}, float32, CPU, forward+backward under jax.jit, "
-          f"min of {args.reps} interleaved rounds\n")
+    suffix = "_cross" if cross else ""
+    n, f, o = res["naive_jax" + suffix], res["floor_jax"], res["hardneg_jax" + suffix]
+    print(f"B = {args.batch} pairs, d = {args.dim}, float32, CPU, forward+backward under jax.jit, layout "
+          f"{args.layout}, min of {args.reps} interleaved rounds\n")
     print("| program | time (s) | time / naive | time / floor | XLA temp (MB) | peak RSS extra (MB) |")
     print("|---|---|---|---|---|---|")
     for name, r in res.items():
@@ -107,7 +127,7 @@ def main(argv=None) -> int:
           f"peak RSS extra {o['peak_extra_bytes'] / n['peak_extra_bytes']:.3f}x; "
           f"hardneg_jax / floor: time {o['time_s'] / f['time_s']:.2f}x")
     if args.large:
-        r = peak_rss("hardneg_jax", args.large, args.dim, reps=0)
+        r = peak_rss("hardneg_jax" + suffix, args.large, args.dim, reps=0)
         if r["status"] != "ok":
             print(f"\nB = {args.large}: {r['status']}: {r['message']}")
             return 1

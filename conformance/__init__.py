@@ -18,12 +18,12 @@ if TYPE_CHECKING:  # for type checkers and the API docs; at run time these load 
     from .suite import FEATURES, verify
 
 __all__ = [
-    "verify", "Report", "FeatureResult", "Failure", "BACKENDS", "FEATURES", "DEFAULT_MAX_EXAMPLES",
+    "verify", "verify_command", "Report", "FeatureResult", "Failure", "BACKENDS", "FEATURES", "DEFAULT_MAX_EXAMPLES",
     "backend_target", "installed_backends",
 ]
 
 _LAZY = {"verify": "suite", "FEATURES": "suite", "planned_examples": "suite",
-         "Report": "report", "FeatureResult": "report", "Failure": "report"}
+         "Report": "report", "FeatureResult": "report", "Failure": "report", "verify_command": "command"}
 
 
 def __getattr__(name):  # PEP 562: the heavy modules load on first use

@@ -8,8 +8,12 @@ TensorFlow.
 
 The NumPy adapter has no autodiff: a NumPy target is checked on gradients through its ``<name>_and_grad`` twin
 (``hardneg.hcl_loss`` -> ``hardneg.hcl_loss_and_grad``, returning ``(value, grads)`` with ``grads.z1``,
-``grads.z2``, ``grads.negatives`` or a tuple, and accepting ``cotangent=``), and on values alone without one; the
-report says which.
+``grads.z2``, ``grads.negatives`` (and ``grads.temperature``, spec 1.1) or a tuple, and accepting
+``cotangent=``), and on values alone without one; the report says which.
+
+For a case with ``temperature_grad`` (spec 1.1) the temperature is passed as a 0-d tensor of the case's dtype —
+a ``torch.Tensor`` with ``requires_grad``, a JAX array differentiated by ``jax.vjp``, a ``tf.Variable`` watched by
+the tape — and its gradient is returned as ``grads["temperature"]``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from .cases import Case
 __all__ = ["Outcome", "Adapter", "get_adapter", "FRAMEWORKS", "resolve_target", "target_path"]
 
 FRAMEWORKS = ("numpy", "torch", "jax", "tensorflow")
-_DIFF = ("z1", "z2", "negatives")
+_DIFF = ("z1", "z2", "negatives", "temperature")
 
 
 @dataclass
@@ -104,16 +108,24 @@ class Adapter:
         raise NotImplementedError
 
     def call_raw(self, target: Callable, arrays: Dict[str, Any], kwargs: Dict[str, Any]):
-        """Call with framework tensors made from NumPy arrays of any dtype/shape (the error contract)."""
+        """Call with framework tensors made from NumPy arrays of any dtype/shape (the error contract).
+
+        ``arrays`` may hold ``temperature``: a NumPy array passed as a framework tensor temperature."""
         with self.context():
             conv = {k: (None if v is None else self.tensor(np.asarray(v), np.asarray(v).dtype.name))
                     for k, v in arrays.items()}
             return target(conv.pop("z1"), conv.pop("z2"), **conv, **kwargs)
 
+    def temperature(self, case: Case):
+        """The case's temperature as a 0-d tensor of its dtype (``temperature_grad`` cases)."""
+        return self.tensor(np.asarray(float(case.params["temperature"])), case.dtype)
+
     def _kw(self, case: Case, conv: Dict[str, Any]):
         kw = dict(case.kwargs())
         if case.negatives is not None:
             kw["negatives"] = conv["negatives"]
+        if "temperature" in conv:
+            kw["temperature"] = conv["temperature"]
         if case.labels is not None:
             kw["labels"] = self.labels(case.labels)
         if case.negative_labels is not None:
@@ -156,6 +168,8 @@ class NumpyAdapter(Adapter):
         conv = {k: self.tensor(v, case.dtype) for k, v in case.arrays.items()}
         kw = self._kw(case, conv)
         twin = self.twin(target) if want_grad else None
+        if case.temperature_grad and twin is None:
+            raise NotImplementedError("the temperature's gradient of a NumPy target needs its *_and_grad twin")
         if twin is None:
             v = target(conv["z1"], conv["z2"], **kw)
             if isinstance(v, tuple):  # an *_and_grad function checked on values only
@@ -166,8 +180,9 @@ class NumpyAdapter(Adapter):
             g = dict(zip(_DIFF, g))
         else:
             g = {k: getattr(g, k, None) for k in _DIFF}
-        grads = {k: self.to_numpy(g[k]) for k in case.arrays if g.get(k) is not None}
-        dts = {k: np.asarray(g[k]).dtype.name for k in case.arrays if g.get(k) is not None}
+        names = list(case.arrays) + (["temperature"] if case.temperature_grad else [])
+        grads = {k: self.to_numpy(g[k]) for k in names if g.get(k) is not None}
+        dts = {k: np.asarray(g[k]).dtype.name for k in names if g.get(k) is not None}
         return Outcome(self.to_numpy(v), np.asarray(v).dtype.name, grads, dts)
 
 
@@ -199,6 +214,8 @@ class TorchAdapter(Adapter):
     def call(self, target, case, want_grad=True):
         t = self.torch
         conv = {k: self.tensor(v, case.dtype).requires_grad_(want_grad) for k, v in case.arrays.items()}
+        if case.temperature_grad:
+            conv["temperature"] = self.temperature(case).requires_grad_(want_grad)
         value = target(conv["z1"], conv["z2"], **self._kw(case, conv))
         out = Outcome(self.to_numpy(value), _dtype_name(value.dtype))
         if want_grad:
@@ -206,8 +223,11 @@ class TorchAdapter(Adapter):
             cot = t.tensor(np.asarray(case.cotangent, dtype=np.float64), dtype=t.float64).to(value.dtype)
             gs = t.autograd.grad(value, [conv[k] for k in names], grad_outputs=cot.reshape(value.shape),
                                  allow_unused=True)
-            out.grads = {k: (np.zeros(conv[k].shape) if g is None else self.to_numpy(g)) for k, g in zip(names, gs)}
-            out.grad_dtypes = {k: (case.dtype if g is None else _dtype_name(g.dtype)) for k, g in zip(names, gs)}
+            # an unused input has a zero gradient; a temperature without one was not differentiated at all
+            out.grads = {k: (np.zeros(conv[k].shape) if g is None else self.to_numpy(g)) for k, g in zip(names, gs)
+                         if g is not None or k != "temperature"}
+            out.grad_dtypes = {k: (case.dtype if g is None else _dtype_name(g.dtype)) for k, g in zip(names, gs)
+                               if g is not None or k != "temperature"}
         return out
 
 
@@ -243,14 +263,17 @@ class JaxAdapter(Adapter):
         jax, jnp = self.jax, self.jnp
         with self.context():
             conv = {k: self.tensor(v, case.dtype) for k, v in case.arrays.items()}
+            if case.temperature_grad:
+                conv["temperature"] = self.temperature(case)
             names = list(conv)
             kw = self._kw(case, conv)
 
             def f(*xs):
                 d = dict(zip(names, xs))
                 k2 = dict(kw)
-                if "negatives" in d:
-                    k2["negatives"] = d["negatives"]
+                for k in ("negatives", "temperature"):
+                    if k in d:
+                        k2[k] = d[k]
                 return target(d["z1"], d["z2"], **k2)
 
             if not want_grad:
@@ -292,6 +315,8 @@ class TensorflowAdapter(Adapter):
     def call(self, target, case, want_grad=True):
         tf = self.tf
         conv = {k: self.tensor(v, case.dtype) for k, v in case.arrays.items()}
+        if case.temperature_grad:
+            conv["temperature"] = tf.Variable(self.temperature(case), trainable=True)
         names = list(conv)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             for k in names:
@@ -302,8 +327,11 @@ class TensorflowAdapter(Adapter):
             cot = tf.reshape(tf.cast(tf.constant(np.asarray(case.cotangent, dtype=np.float64)), value.dtype),
                              value.shape)
             gs = tape.gradient(value, [conv[k] for k in names], output_gradients=cot)
-            out.grads = {k: (np.zeros(conv[k].shape) if g is None else self.to_numpy(g)) for k, g in zip(names, gs)}
-            out.grad_dtypes = {k: (case.dtype if g is None else _dtype_name(g.dtype)) for k, g in zip(names, gs)}
+            # an unused input has a zero gradient; a temperature without one was not differentiated at all
+            out.grads = {k: (np.zeros(conv[k].shape) if g is None else self.to_numpy(g)) for k, g in zip(names, gs)
+                         if g is not None or k != "temperature"}
+            out.grad_dtypes = {k: (case.dtype if g is None else _dtype_name(g.dtype)) for k, g in zip(names, gs)
+                               if g is not None or k != "temperature"}
         return out
 
 
@@ -313,6 +341,10 @@ _ADAPTERS = {"numpy": NumpyAdapter, "torch": TorchAdapter, "jax": JaxAdapter, "t
 def get_adapter(framework: str) -> Adapter:
     """The adapter of ``framework`` ("numpy", "torch", "jax", "tensorflow"; "tf" is accepted)."""
     framework = {"tf": "tensorflow"}.get(framework, framework)
+    if framework == "command":  # a port in any language over the JSON-lines protocol (conformance.command)
+        from .command import CommandAdapter
+
+        return CommandAdapter()
     if framework not in _ADAPTERS:
         raise ValueError(f"framework must be one of {', '.join(FRAMEWORKS)}; got {framework!r}")
     return _ADAPTERS[framework]()

@@ -11,10 +11,11 @@ __all__ = ["BACKENDS", "DEFAULT_MAX_EXAMPLES", "backend_target", "installed_back
 BACKENDS = {"torch": ("hardneg_torch", "torch"), "jax": ("hardneg_jax", "jax"), "tf": ("hardneg_tf", "tensorflow")}
 
 #: Examples per numeric feature when ``max_examples`` is not given (the relation features draw fewer, see
-#: ``_counts``): sized so that verifying all three backends takes about a minute on 2 cores. JAX compiles each new
-#: combination of shapes and static options (~1 s each), TensorFlow retraces (~0.2 s), PyTorch and NumPy run
-#: eagerly. A thorough run passes ``max_examples=50`` or more.
-DEFAULT_MAX_EXAMPLES = {"numpy": 12, "torch": 12, "tensorflow": 10, "jax": 2}
+#: ``_counts``): at least 10 for every backend. JAX compiles each new combination of shapes and static options
+#: (0.2-1 s each), so its quick run draws shapes from a small fixed set and reuses compiled programs
+#: (``conformance.suite.FEW_SIZES_BELOW``); TensorFlow retraces (~0.2 s), PyTorch and NumPy run eagerly. A
+#: thorough run passes ``max_examples=50`` or more.
+DEFAULT_MAX_EXAMPLES = {"numpy": 12, "torch": 12, "tensorflow": 10, "jax": 10, "command": 12}
 
 
 def backend_target(name: str) -> Tuple[Optional[Callable], str, str]:

@@ -74,11 +74,14 @@ class Case:
     z1, z2 : (B, d) float64, values representable in ``dtype``.
     negatives : (K, d) or (B, K, d) float64, or None.
     labels : (B,) int64 or None; negative_labels : (K,) or (B, K) int64 or None.
-    params : dict with temperature, beta, tau_plus, estimator, clamp, normalize, reduction.
+    params : dict with temperature, beta, tau_plus, estimator, clamp, normalize, reduction; and (spec 1.1) with
+        ``layout`` and ``symmetric`` only when the case names a layout (a spec 1.0 call omits them).
     dtype : the dtype the target receives ("float64", "float32", "float16", "bfloat16").
     cotangent : float (mean/sum) or (n_anchors,) float64 array (none); representable in ``dtype``.
     extras : backend extra keyword arguments (e.g. ``memory_budget``).
     origin : how the case was drawn (geometry, scales, ...), for the report.
+    temperature_grad : pass the temperature as a 0-d tensor of ``dtype`` (spec 1.1) and compare its gradient
+        with ``Grads.temperature``; ``params["temperature"]`` is then representable in ``dtype``.
     """
 
     z1: np.ndarray
@@ -91,6 +94,28 @@ class Case:
     cotangent: Union[float, np.ndarray] = 1.0
     extras: Dict[str, Any] = field(default_factory=dict)
     origin: Dict[str, Any] = field(default_factory=dict)
+    temperature_grad: bool = False
+
+    @property
+    def finite_inputs(self) -> bool:
+        """Every input element finite, and a tensor temperature > 0 and finite (else every output is NaN)."""
+        return all(np.isfinite(x).all() for x in self.arrays.values()) and self._temperature_ok()
+
+    def _temperature_ok(self) -> bool:
+        t = float(self.params["temperature"])
+        return not self.temperature_grad or (math.isfinite(t) and t > 0 and math.isfinite(1.0 / t))
+
+    @property
+    def layout(self) -> str:
+        """The resolved layout: "in_batch", "bank" or "cross" (``layout=None`` resolves as in spec 1.0)."""
+        lay = self.params.get("layout")
+        if lay is not None:
+            return lay
+        return "in_batch" if self.negatives is None else "bank"
+
+    @property
+    def symmetric(self) -> bool:
+        return bool(self.params.get("symmetric", True))
 
     @property
     def arrays(self) -> Dict[str, np.ndarray]:
@@ -102,7 +127,10 @@ class Case:
 
     @property
     def n_anchors(self) -> int:
-        return 2 * self.z1.shape[0] if self.negatives is None else self.z1.shape[0]
+        B = self.z1.shape[0]
+        if self.layout == "cross":
+            return 2 * B if self.symmetric else B
+        return 2 * B if self.layout == "in_batch" else B
 
     def kwargs(self) -> Dict[str, Any]:
         """Keyword arguments of the call, arrays excluded (params and extras)."""
@@ -115,6 +143,14 @@ class Case:
         kw = dict(
             negatives=self.negatives, labels=self.labels, negative_labels=self.negative_labels, **self.params
         )
+        if not self._temperature_ok():
+            # spec 1.1 sections 1.1 and 6: a tensor temperature <= 0 or not finite makes every output NaN
+            kw["temperature"] = 1.0
+            v, g = hardneg.hcl_loss_and_grad(self.z1, self.z2, cotangent=self.cotangent, **kw)
+            nan = lambda x: None if x is None else np.full(np.shape(x), np.nan)  # noqa: E731
+            v = np.full(np.shape(v), np.nan)
+            return v, (hardneg.Grads(nan(g.z1), nan(g.z2), nan(g.negatives), np.float64(np.nan)) if want_grad
+                       else None)
         with np.errstate(all="ignore"):
             if not want_grad:
                 return np.asarray(hardneg.hcl_loss(self.z1, self.z2, **kw), dtype=np.float64), None
@@ -130,7 +166,7 @@ class Case:
         return (
             h(self.z1), h(self.z2), h(self.negatives), h(self.labels), h(self.negative_labels),
             tuple(sorted((k, repr(v)) for k, v in self.params.items())), self.dtype, repr(cot),
-            tuple(sorted((k, repr(v)) for k, v in self.extras.items())),
+            tuple(sorted((k, repr(v)) for k, v in self.extras.items())), self.temperature_grad,
         )
 
     def summary(self) -> str:
@@ -138,9 +174,15 @@ class Case:
         p = self.params
         B, d = self.z1.shape
         lay = "in-batch" if self.negatives is None else f"bank {self.negatives.shape}"
+        if self.layout == "cross":
+            lay = "cross" + ("" if self.symmetric else " one-way") + (
+                "" if self.negatives is None else f" + bank {self.negatives.shape}")
+        elif "layout" in p:
+            lay += f" (layout={p['layout']!r})"
         lab = "" if self.labels is None else f", labels ({len(np.unique(self.labels))} classes)"
         beta = "inf" if math.isinf(p["beta"]) else f"{p['beta']:g}"
         return (
             f"B={B} d={d} {lay}{lab} {self.dtype}, t={p['temperature']:g} beta={beta} tau+={p['tau_plus']:g} "
             f"{p['estimator']} clamp={p['clamp']} normalize={p['normalize']} reduction={p['reduction']}"
+            + (", temperature as a tensor (its gradient checked)" if self.temperature_grad else "")
         )

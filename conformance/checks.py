@@ -65,9 +65,11 @@ def compare(case: Case, value: np.ndarray, grads: Optional[Dict[str, np.ndarray]
     res = CheckResult()
     rv, rg = expected if expected is not None else case.reference(want_grad=grads is not None)
     rv = np.asarray(rv, dtype=np.float64)
-    finite_inputs = all(np.isfinite(x).all() for x in case.arrays.values())
+    finite_inputs = case.finite_inputs
     if tol is None and not finite_inputs:  # every expected output is NaN (spec section 6): nothing to bound
         tol = Bounds(value=np.zeros_like(rv), grads={k: np.zeros_like(v) for k, v in case.arrays.items()})
+        if case.temperature_grad:
+            tol.grads["temperature"] = np.zeros(())
     b = tol if tol is not None else bounds(case, rv, rg, want_grad=grads is not None)
     if b.ill_posed:
         res.skipped = ("an anchor sits on the clamp=False boundary D = 0 within rounding: the spec's value is NaN "
@@ -83,10 +85,10 @@ def compare(case: Case, value: np.ndarray, grads: Optional[Dict[str, np.ndarray]
     if grads is None:
         return res
     fr = 0.0
-    names = list(case.arrays)
+    names = list(case.arrays) + (["temperature"] if case.temperature_grad else [])
     for k in names:
         g = grads.get(k)
-        want = getattr(rg, k)
+        want = _ref_grad(rg, k)
         if g is None:
             res.fail(f"no gradient for {k}")
             continue
@@ -106,11 +108,11 @@ def compare(case: Case, value: np.ndarray, grads: Optional[Dict[str, np.ndarray]
             sub = CheckResult()
             worst = 0.0
             for k in names:
-                delta = sum((alts[i][k] for i in subset), np.zeros_like(getattr(rg, k)))
+                delta = sum((alts[i][k] for i in subset), np.zeros_like(_ref_grad(rg, k)))
                 # the other branch's value is rounded to the output dtype too
                 tol_k = b.grads[k] + b.output_roundoff * np.abs(delta)
                 worst = max(worst, _value_check(sub, f"gradient of {k}", np.asarray(grads[k], dtype=np.float64),
-                                                getattr(rg, k) + delta, tol_k, case.dtype))
+                                                _ref_grad(rg, k) + delta, tol_k, case.dtype))
             key = (not sub.ok, worst)
             if best_detail is None or key < (not best_detail.ok, best):
                 best, best_detail = worst, sub
@@ -121,6 +123,11 @@ def compare(case: Case, value: np.ndarray, grads: Optional[Dict[str, np.ndarray]
     for p in best_detail.problems:
         res.fail(p)
     return res
+
+
+def _ref_grad(rg, k: str) -> np.ndarray:
+    """The reference's gradient of input ``k`` ("temperature": d loss / d t, a 0-d array) as float64."""
+    return np.asarray(getattr(rg, k), dtype=np.float64)
 
 
 def _value_check(res: CheckResult, what: str, got: np.ndarray, want: np.ndarray, tol: np.ndarray, dtype: str) -> float:
@@ -221,14 +228,37 @@ def error_cases(dtype: str = "float64") -> List[ErrorCase]:
     add("float negative_labels",
         {"negatives": f(K, d), "labels": lab, "negative_labels": np.zeros(K, dtype=np.float64)},
         needs=("labels_bank", "shared"))
+    # spec 1.1: layouts, symmetric, a temperature tensor
+    add("layout='clip'", needs=("layout",), layout="clip")
+    add("layout='in_batch' with a bank", {"negatives": f(K, d)}, needs=("layout", "shared"), layout="in_batch")
+    add("layout='bank' without a bank", needs=("layout",), layout="bank")
+    add("symmetric=1", needs=("cross",), layout="cross", symmetric=1)
+    add("symmetric=False without layout", needs=("layout",), symmetric=False)
+    add("symmetric=False with layout='bank'", {"negatives": f(K, d)}, needs=("layout", "shared"), layout="bank",
+        symmetric=False)
+    add("layout='cross', B = 1 without a bank", {"z1": z1[:1], "z2": z2[:1]}, needs=("cross",), layout="cross")
+    add("layout='cross', labels with a bank, no negative_labels", {"negatives": f(K, d), "labels": lab},
+        needs=("cross_bank_shared", "cross_labels"), layout="cross")
+    add("temperature tensor of an integer dtype", {"temperature": np.array(1, dtype=np.int32)},
+        needs=("temperature_tensor",))
+    add("temperature tensor of shape (2,)", {"temperature": np.array([0.5, 0.5], dtype=dtype)},
+        needs=("temperature_tensor",))
     return out
 
 
 def expected_error(ec: ErrorCase) -> Optional[BaseException]:
     """The reference's exception for this bad call (None if the reference accepts it)."""
     import hardneg
+    from hardneg.validation import check_temperature_tensor
 
     arrays = ec.arrays
+    if "temperature" in arrays:  # a framework tensor temperature: its dtype and rank are checked (spec 1.1)
+        t = np.asarray(arrays["temperature"])
+        try:
+            check_temperature_tensor(t.shape, t.dtype.name)
+        except Exception as e:  # noqa: BLE001
+            return e
+        arrays = {k: v for k, v in arrays.items() if k != "temperature"}
     try:
         hardneg.hcl_loss(arrays["z1"], arrays["z2"], **{k: v for k, v in arrays.items() if k not in ("z1", "z2")},
                          **ec.kwargs)
@@ -237,11 +267,12 @@ def expected_error(ec: ErrorCase) -> Optional[BaseException]:
     return None
 
 
-def check_error(got: Optional[BaseException], want: BaseException) -> CheckResult:
+def check_error(got: Optional[BaseException], want: BaseException, type_only: bool = False) -> CheckResult:
+    """``got`` must be ``want``'s type and (unless ``type_only``, ``--errors type``) carry exactly its message."""
     res = CheckResult(check="error contract")
     if got is None:
         return res.fail(f"accepted the bad input; expected {type(want).__name__}: {want}")
-    if not isinstance(got, type(want)) or str(got) != str(want):
+    if not isinstance(got, type(want)) or (not type_only and str(got) != str(want)):
         res.fail(f"raised {type(got).__name__}: {got}; expected {type(want).__name__}: {want}")
     return res
 
@@ -335,6 +366,8 @@ def permuted(case: Case, rng: np.random.Generator):
     """
     B = case.z1.shape[0]
     P = rng.permutation(B)
+    if B > 1 and np.array_equal(P, np.arange(B)):  # the identity would check nothing
+        P = np.roll(P, 1)
     c2 = replace(case, z1=case.z1[P], z2=case.z2[P], params=dict(case.params), extras=dict(case.extras),
                  origin=dict(case.origin))
     c2.labels = None if case.labels is None else case.labels[P]
@@ -348,7 +381,7 @@ def permuted(case: Case, rng: np.random.Generator):
             Q = rng.permutation(case.negatives.shape[0])
             c2.negatives = case.negatives[Q]
             c2.negative_labels = None if case.negative_labels is None else case.negative_labels[Q]
-    anchor = P if case.negatives is not None else np.concatenate([P, P + B])
+    anchor = np.concatenate([P, P + B]) if case.n_anchors == 2 * B else P
     if case.params["reduction"] == "none":
         c2.cotangent = np.asarray(case.cotangent)[anchor]
     return c2, anchor, P, Q
@@ -380,9 +413,19 @@ def rescaled(case: Case, rng: np.random.Generator):
     return c2, factors
 
 
+#: Values of a tensor temperature that the spec (1.1, section 6) maps to NaN outputs.
+BAD_TEMPERATURES = {"t=0": 0.0, "t<0": -0.5, "t=nan": math.nan, "t=inf": math.inf}
+
+
 def with_nonfinite(case: Case, rng: np.random.Generator, kind: str) -> Case:
-    """The case with one element of z1, z2 or the bank replaced by NaN, inf or -inf."""
+    """The case with one element of z1, z2 or the bank replaced by NaN, inf or -inf; or (kinds of
+    :data:`BAD_TEMPERATURES`) with a tensor temperature that is <= 0 or not finite."""
     c2 = replace(case, params=dict(case.params), extras=dict(case.extras), origin=dict(case.origin))
+    if kind in BAD_TEMPERATURES:
+        c2.params["temperature"] = BAD_TEMPERATURES[kind]
+        c2.temperature_grad = True
+        c2.origin["nonfinite"] = ("temperature", (), kind)
+        return c2
     names = list(case.arrays)
     name = names[int(rng.integers(0, len(names)))]
     x = getattr(case, name).copy()

@@ -1,6 +1,7 @@
 """``hardneg verify``: run the conformance suite on the installed backends or on any target.
 
     hardneg verify [--backend torch|jax|tf|all] [--target MODULE:FUNCTION --framework numpy|torch|jax|tensorflow]
+                   [--command CMD [--timeout S]] [--errors exact|type] [--profile strict|practical]
                    [--max-examples N] [--seed S] [--json PATH]
 
 Without arguments every installed backend of :data:`conformance.BACKENDS` is verified; a progress bar runs on
@@ -35,6 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="verify any implementation with the spec's signature (requires --framework)")
     parser.add_argument("--framework", choices=["numpy", "torch", "jax", "tensorflow"], default=None,
                         help="framework of --target: inputs are built and gradients taken in it")
+    parser.add_argument("--command", metavar="CMD", default=None, dest="port_command",  # "command": hardneg's
+                        help="verify a port in any language: CMD is started once through the shell and answers "
+                             "JSON-lines requests on stdin/stdout (docs/conformance.md, the protocol)")
+    parser.add_argument("--timeout", type=float, default=None, metavar="S",
+                        help="--command: seconds the port may take to answer one request (default 60)")
+    parser.add_argument("--errors", choices=["exact", "type"], default=None,
+                        help="error contract: exception type and message (exact, default of the strict profile) "
+                             "or type only (type, default of the practical profile)")
+    parser.add_argument("--profile", choices=["strict", "practical"], default="strict",
+                        help="strict (default): the whole input space; practical: realistic input magnitudes "
+                             "and error types only, to see first whether a port's math is right")
     parser.add_argument("--max-examples", type=int, default=None, metavar="N",
                         help="examples per feature (default: %s)" % ", ".join(
                             f"{k} {v}" for k, v in DEFAULT_EXAMPLES.items()))
@@ -91,7 +103,27 @@ def _verify_one(name: str, target, framework: str, args, progress) -> "object":
     from .suite import verify
 
     return verify(target, framework=framework, max_examples=_examples(args, framework), seed=args.seed,
-                  progress=(lambda feature, n: progress(f"{name}: {feature}", n)) if progress else None)
+                  progress=(lambda feature, n: progress(f"{name}: {feature}", n)) if progress else None,
+                  errors=getattr(args, "errors", None), profile=getattr(args, "profile", "strict"))
+
+
+def _jax_compilation_cache() -> None:
+    """JAX's persistent compilation cache for the verification worker: compiled programs are reused by later
+    ``hardneg verify`` runs (the examples of a seed are the same), which then spend seconds, not minutes,
+    compiling. In ``$HARDNEG_CACHE`` (default ``~/.cache/hardneg``)/jax; ``HARDNEG_CACHE=off`` disables it. The
+    executable is the one XLA compiles, so what is verified does not change."""
+    root = os.environ.get("HARDNEG_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hardneg")
+    if root == "off":
+        return
+    try:
+        import jax
+
+        path = os.path.join(root, "jax")
+        os.makedirs(path, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    except Exception:  # noqa: BLE001 - a cache is an optimisation: verify without it
+        pass
 
 
 def _worker(args) -> int:
@@ -103,6 +135,8 @@ def _worker(args) -> int:
         key = "not_installed" if why.startswith("not installed") else "crashed"
         print(json.dumps({key: why}), flush=True)
         return 0
+    if framework == "jax":
+        _jax_compilation_cache()
 
     def progress(label, n):
         print("P\t" + label, flush=True)
@@ -129,6 +163,7 @@ def _run_workers(names: List[str], args, bar: _Progress) -> Dict[str, dict]:
         cmd = [sys.executable, "-m", "conformance.cli", "--worker", "--backend", name, "--seed", str(args.seed)]
         if args.max_examples is not None:
             cmd += ["--max-examples", str(args.max_examples)]
+        cmd += ["--profile", args.profile] + (["--errors", args.errors] if args.errors else [])
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         err = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty framework cannot block the worker
@@ -179,6 +214,12 @@ def run(args) -> int:
 
     if args.worker:
         return _worker(args)
+    if args.port_command and (args.target or args.framework or args.backend):
+        print("hardneg verify: --command goes alone (not with --target, --framework or --backend)", file=sys.stderr)
+        return 2
+    if args.timeout is not None and not args.port_command:
+        print("hardneg verify: --timeout goes with --command", file=sys.stderr)
+        return 2
     if args.target and not args.framework:
         print("hardneg verify: --target needs --framework (numpy, torch, jax or tensorflow)", file=sys.stderr)
         return 2
@@ -190,7 +231,20 @@ def run(args) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     results: Dict[str, dict] = {}
     t0 = time.perf_counter()
-    if args.target:
+    if args.port_command:
+        from .command import DEFAULT_TIMEOUT, verify_command
+
+        n = _examples(args, "command")
+        print(f"hardneg verify: the port `{args.port_command}` against spec {hardneg.SPEC_VERSION}, seed {args.seed}, "
+              f"{n} examples per feature, profile {args.profile}", file=sys.stderr)
+        bar = _Progress(planned_examples(n))
+        rep = verify_command(args.port_command, max_examples=n, seed=args.seed, errors=args.errors,
+                             profile=args.profile,
+                             timeout=args.timeout if args.timeout is not None else DEFAULT_TIMEOUT,
+                             progress=lambda feature, k: bar.update(f"port: {feature}", k))
+        bar.close()
+        results["port"] = rep.to_dict()
+    elif args.target:
         from .adapters import resolve_target
 
         fw = {"tf": "tensorflow"}.get(args.framework, args.framework)
@@ -198,6 +252,10 @@ def run(args) -> int:
         print(f"hardneg verify: {args.target} ({fw}) against spec {hardneg.SPEC_VERSION}, seed {args.seed}, "
               f"{n} examples per feature", file=sys.stderr)
         bar = _Progress(planned_examples(n))
+        # As ``python -m`` and pytest do, the current folder is importable: the ``hardneg`` console script's
+        # sys.path[0] is its bin folder, so without this ``--target mymodule:fn`` next to mymodule.py fails.
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())
         try:
             target = resolve_target(args.target)
         except Exception as e:  # noqa: BLE001
@@ -223,17 +281,28 @@ def run(args) -> int:
     print(format_table([_row(n, d) for n, d in results.items()], header))
     print("(errors are fractions of each example's derived tolerance: <= 1 conforms; docs/conformance.md)")
     failed = False
+    from .report import group_failures
+
     for name, d in results.items():
         if "crashed" in d:
             failed = True
             print(f"\n{name}: {d['crashed']}")
+        if "profile" in d:
+            print(f"{name}: profile {d['profile']}, error contract: "
+                  + ("exception type and message" if d["errors"] == "exact" else "exception type only")
+                  + "".join(f"; {n}" for n in d.get("notes", []) if name == "port"))
+        # one failure, one line: the same cause in several features is shown once, with its smallest example
+        fails = [f for fr in d.get("features", []) for f in fr["failures"]]
+        for f, feats in group_failures(fails):
+            failed = True
+            where = (f"feature '{feats[0]}'" if len(feats) == 1 else
+                     f"{len(feats)} features ({', '.join(feats)}); the smallest example, from '{f['feature']}'")
+            print(f"\n=== {name}: {where} failed: {f['check']}\n{f['message']}\n"
+                  f"example: {f['case']}\n--- snippet (paste into Python) ---\n{f['snippet']}")
         for fr in d.get("features", []):
-            for f in fr["failures"]:
-                failed = True
-                print(f"\n=== {name}: feature '{f['feature']}' failed: {f['check']}\n{f['message']}\n"
-                      f"example: {f['case']}\n--- snippet (paste into Python) ---\n{f['snippet']}")
             if fr["status"] == "not supported":
-                print(f"{name}: feature '{fr['name']}' not supported (the target raised NotImplementedError)")
+                why = "the port answered \"unsupported\"" if name == "port" else "the target raised NotImplementedError"
+                print(f"{name}: feature '{fr['name']}' not supported ({why})")
     print(f"\n{'FAIL' if failed else 'PASS'} in {time.perf_counter() - t0:.0f} s")
     if args.json:
         with open(args.json, "w") as fh:

@@ -15,7 +15,13 @@ beta_on_cosine           imp = exp(beta * cos) instead of exp(beta * cos / t)
 one_direction            only z1's rows are anchors (half the symmetric loss)
 raw_exp                  raw exp arithmetic of the released code: overflows in float32 at small t
 no_normalization         rows used unnormalised even when normalize=True
+positive_in_own_negs     cross layout: the positive z2[i] kept among anchor z1[i]'s negatives (spec 1.1)
+reverse_uses_bank        cross layout: the reverse direction's anchors also score the bank (spec 1.1)
+dt_without_floor         d loss / d t through the logits only: the clamp floor M e^{-1/t} treated as a constant
 =======================  ==========================================================================================
+
+The transliteration takes every keyword of spec 1.1 (``layout``, ``symmetric``) and a 0-d tensor temperature,
+differentiated by autograd like the inputs.
 
 PyTorch is imported when a function is called, never at import time.
 """
@@ -24,11 +30,12 @@ from __future__ import annotations
 
 import math
 
-from hardneg.validation import check_call
+from hardneg.validation import UNKNOWN, check_call, check_temperature_tensor
 
 __all__ = ["transliteration", "DEFECTS"] + [
     "pseudocode_mean_neg", "beta_multiplies", "detached_weights", "clamp_without_M", "partner_in_negatives",
-    "beta_on_cosine", "one_direction", "raw_exp", "no_normalization",
+    "beta_on_cosine", "one_direction", "raw_exp", "no_normalization", "positive_in_own_negs", "reverse_uses_bank",
+    "dt_without_floor",
 ]
 
 
@@ -63,13 +70,16 @@ def _normalize(z):
 
 
 def _impl(z1, z2, *, temperature, beta, tau_plus, estimator, clamp, normalize, negatives, labels, negative_labels,
-          reduction, defect=None):
+          reduction, layout=None, symmetric=True, defect=None):
     import torch
 
-    check_call(
+    t_tensor = isinstance(temperature, torch.Tensor)
+    if t_tensor:
+        check_temperature_tensor(tuple(temperature.shape), _dn(temperature))
+    problem = check_call(
         z1_shape=tuple(z1.shape), z2_shape=tuple(z2.shape), z1_dtype=_dn(z1), z2_dtype=_dn(z2),
-        temperature=temperature, beta=beta, tau_plus=tau_plus, estimator=estimator, clamp=clamp,
-        normalize=normalize, reduction=reduction,
+        temperature=UNKNOWN if t_tensor else temperature, beta=beta, tau_plus=tau_plus, estimator=estimator,
+        clamp=clamp, normalize=normalize, reduction=reduction, layout=layout, symmetric=symmetric,
         negatives_shape=None if negatives is None else tuple(negatives.shape), negatives_dtype=_dn(negatives),
         labels_shape=None if labels is None else tuple(labels.shape), labels_dtype=_dn(labels),
         negative_labels_shape=None if negative_labels is None else tuple(negative_labels.shape),
@@ -79,14 +89,47 @@ def _impl(z1, z2, *, temperature, beta, tau_plus, estimator, clamp, normalize, n
     cdt = torch.float64 if out_dtype == torch.float64 else torch.float32
     ins = [x for x in (z1, z2, negatives) if x is not None]
     finite = all(bool(torch.isfinite(x).all()) for x in ins)
-    t = float(temperature)
+    t = temperature.to(cdt) if t_tensor else float(temperature)
+    tv = float(temperature.detach()) if t_tensor else 1.0
+    t_ok = math.isfinite(tv) and tv > 0 and math.isfinite(1 / tv)
     b, tau = float(beta), float(tau_plus)
     if estimator == "easy":
         b, tau, clamp = 0.0, 0.0, False
     nrm = _normalize if (normalize and defect != "no_normalization") else (lambda z: z)
     B = z1.shape[0]
     x1, x2 = z1.to(cdt), z2.to(cdt)
-    if negatives is None:
+    if problem.layout == "cross":
+        u1, u2 = nrm(x1), nrm(x2)
+        C = u1 @ u2.T / t
+        a1 = torch.diagonal(C)
+        maskc = torch.ones((B, B), dtype=torch.bool)
+        if defect != "positive_in_own_negs":
+            maskc &= ~torch.eye(B, dtype=torch.bool)
+        if labels is not None:
+            maskc &= labels[:, None] != labels[None, :]
+        rows, masks, a = [C], [maskc], [a1]
+        V = Sb = mb = None
+        if negatives is not None:
+            V = nrm(negatives.to(cdt))
+            Sb = u1 @ V.T / t if V.dim() == 2 else torch.einsum("bd,bkd->bk", u1, V) / t
+            mb = torch.ones(Sb.shape, dtype=torch.bool)
+            if labels is not None:
+                nl = negative_labels if V.dim() == 3 else negative_labels[None, :]
+                mb &= labels[:, None] != nl
+            rows, masks = [torch.cat([C, Sb], 1)], [torch.cat([maskc, mb], 1)]
+        if symmetric:
+            r2, m2 = C.T, maskc.T
+            if defect == "reverse_uses_bank" and V is not None:
+                Sb2 = u2 @ V.T / t if V.dim() == 2 else torch.einsum("bd,bkd->bk", u2, V) / t
+                r2, m2 = torch.cat([r2, Sb2], 1), torch.cat([m2, mb], 1)
+            rows.append(r2)
+            masks.append(m2)
+            a.append(a1)
+        width = max(r.shape[1] for r in rows)
+        S = torch.cat([torch.cat([r, r.new_zeros((B, width - r.shape[1]))], 1) for r in rows])
+        mask = torch.cat([torch.cat([m, m.new_zeros((B, width - m.shape[1]))], 1) for m in masks])
+        a = torch.cat(a)
+    elif negatives is None:
         U = nrm(torch.cat([x1, x2]))
         n = 2 * B
         S = U @ U.T / t
@@ -123,7 +166,7 @@ def _impl(z1, z2, *, temperature, beta, tau_plus, estimator, clamp, normalize, n
         pos = torch.exp(a)
         Ng = (R - tau * Mc * pos) / (1 - tau)
         if clamp:
-            Ng = torch.maximum(Ng, Mc * math.exp(-1 / t))
+            Ng = torch.maximum(Ng, Mc * torch.exp(-1 / torch.as_tensor(t, dtype=cdt)))
         loss = -torch.log(pos / (pos + Ng))
     else:
         def lse(v):
@@ -153,7 +196,8 @@ def _impl(z1, z2, *, temperature, beta, tau_plus, estimator, clamp, normalize, n
         gu = torch.where(neg, lr + _log1mexp(xs) - log1m_tau, ninf)
         # the loss is softplus(gamma - a) (spec section 5): a small loss keeps its digits
         if clamp:
-            lf = (logM if defect != "clamp_without_M" else torch.zeros_like(logM)) - 1.0 / t
+            inv_t = 1.0 / (t.detach() if (t_tensor and defect == "dt_without_floor") else t)
+            lf = (logM if defect != "clamp_without_M" else torch.zeros_like(logM)) - inv_t
             g = torch.where(gu < lf, lf, gu)
             loss = torch.logaddexp(torch.zeros_like(a), g - a)
         else:
@@ -172,8 +216,9 @@ def _impl(z1, z2, *, temperature, beta, tau_plus, estimator, clamp, normalize, n
         value = loss.sum()
     else:
         value = loss
-    poison = sum(x.to(cdt).sum() for x in ins) * math.nan
-    if not finite:
+    poison = sum(x.to(cdt).sum() for x in ins + ([temperature] if t_tensor else [])) * math.nan
+    if not finite or not t_ok:
+        # (and spec 1.1: a tensor temperature <= 0 or not finite makes every output NaN)
         # spec section 6: a non-finite input makes every element of the value and of every gradient NaN
         value = value + poison
     elif bool(torch.isnan(loss).any()):
@@ -185,10 +230,11 @@ def _impl(z1, z2, *, temperature, beta, tau_plus, estimator, clamp, normalize, n
 
 def _make(defect, doc):
     def fn(z1, z2, *, temperature=0.5, beta=1.0, tau_plus=0.1, estimator="hard", clamp=True, normalize=True,
-           negatives=None, labels=None, negative_labels=None, reduction="mean"):
+           negatives=None, labels=None, negative_labels=None, reduction="mean", layout=None, symmetric=True):
         return _impl(z1, z2, temperature=temperature, beta=beta, tau_plus=tau_plus, estimator=estimator,
                      clamp=clamp, normalize=normalize, negatives=negatives, labels=labels,
-                     negative_labels=negative_labels, reduction=reduction, defect=defect)
+                     negative_labels=negative_labels, reduction=reduction, layout=layout, symmetric=symmetric,
+                     defect=defect)
 
     fn.__name__ = fn.__qualname__ = defect or "transliteration"
     fn.__doc__ = doc
@@ -206,12 +252,16 @@ beta_on_cosine = _make("beta_on_cosine", "imp = exp(beta cos) instead of exp(bet
 one_direction = _make("one_direction", "Only z1's rows are anchors.")
 raw_exp = _make("raw_exp", "Raw exp arithmetic (overflows in float32 at small t).")
 no_normalization = _make("no_normalization", "Rows not normalised although normalize=True.")
+positive_in_own_negs = _make("positive_in_own_negs", "Cross layout: the positive kept among the anchor's negatives.")
+reverse_uses_bank = _make("reverse_uses_bank", "Cross layout: the reverse direction also scores the bank.")
+dt_without_floor = _make("dt_without_floor", "d loss / d t without the floor's term (floor treated as constant).")
 
 #: name -> planted wrong implementation
 DEFECTS = {
     f.__name__: f
     for f in (
         pseudocode_mean_neg, beta_multiplies, detached_weights, clamp_without_M, partner_in_negatives,
-        beta_on_cosine, one_direction, raw_exp, no_normalization,
+        beta_on_cosine, one_direction, raw_exp, no_normalization, positive_in_own_negs, reverse_uses_bank,
+        dt_without_floor,
     )
 }

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["Failure", "FeatureResult", "Report", "format_table"]
+__all__ = ["Failure", "FeatureResult", "Report", "format_table", "group_failures", "cause"]
 
 PASSED, FAILED, UNSUPPORTED, SKIPPED = "passed", "failed", "not supported", "skipped"
 
@@ -21,6 +22,7 @@ class Failure:
     message: str
     snippet: str
     case: str = ""  # one-line summary of the example
+    size: int = 0  # number of input elements of the (shrunk) example: the smallest of a cause is shown
 
     def __str__(self) -> str:
         return f"[{self.feature}] {self.check}: {self.message}\n  example: {self.case}"
@@ -70,6 +72,8 @@ class Report:
     seed: int = 0
     max_examples: int = 0
     gradients: str = "autodiff"
+    errors: str = "exact"  # the error contract: "exact" (type and message) or "type" (type only)
+    profile: str = "strict"  # the input space: "strict" (all of it) or "practical" (realistic magnitudes)
     features: List[FeatureResult] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
 
@@ -126,14 +130,45 @@ class Report:
         """A readable multi-line account: one line per feature, then the failures with their snippets."""
         lines = [f"{self.target} ({self.framework} {self.framework_version}, {self.device}): {self.verdict}; "
                  f"gradients: {self.gradients}"]
+        width = max([16] + [len(r.name) for r in self.features])
         for r in self.features:
-            lines.append(f"  {r.name:<16} {r.status:<14} {r.examples:>5} examples  value {_f(r.worst_value):>7}  "
+            lines.append(f"  {r.name:<{width}} {r.status:<14} {r.examples:>5} examples  value {_f(r.worst_value):>7}  "
                          f"grad {_f(r.worst_grad):>7}" + (f"  ({'; '.join(r.notes)})" if r.notes else ""))
-        for f in self.failures:
-            lines += ["", str(f), f.snippet]
+        lines.append(f"  (profile {self.profile}; error contract: "
+                     + ("exception type and message" if self.errors == "exact" else "exception type only") + ")")
+        for f, feats in group_failures(self.failures):
+            also = f"\n  the same failure in {len(feats)} features: {', '.join(feats)}" if len(feats) > 1 else ""
+            lines += ["", str(f) + also, f.snippet]
         return "\n".join(lines)
 
     __str__ = summary
+
+
+_NUM = re.compile(r"[-+]?(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|\b(?:nan|inf)\b")
+
+
+def cause(failure) -> tuple:
+    """What a failure is, independent of the example: its check and its message's first line with numbers and
+    positions blanked ("value: 0.51 vs reference 0.5 ..." and "value: 2.0 vs reference 1.9 ..." are one cause)."""
+    get = (lambda k: failure.get(k, "")) if isinstance(failure, dict) else (lambda k: getattr(failure, k))
+    first = (get("message") or "").splitlines()[0] if get("message") else ""
+    first = re.sub(r" at \([^)]*\)", "", first)
+    check = re.sub(r" \(.*\)$", "", get("check") or "")  # "error contract (B = 0)" -> "error contract"
+    return check, _NUM.sub("#", first)
+
+
+def group_failures(failures: Sequence[Any]) -> List[Tuple[Any, List[str]]]:
+    """One entry per :func:`cause`: ``(the failure with the smallest example, [features it affects])``, in order
+    of first appearance. Works on :class:`Failure` objects and on their ``to_dict`` form."""
+    get = lambda f, k: f.get(k) if isinstance(f, dict) else getattr(f, k)  # noqa: E731
+    groups: Dict[tuple, List[Any]] = {}
+    for f in failures:
+        groups.setdefault(cause(f), []).append(f)
+    out = []
+    for fs in groups.values():
+        best = min(fs, key=lambda f: (get(f, "size") or 0, len(get(f, "snippet") or "")))
+        out.append((best, list(dict.fromkeys(get(f, "feature") for f in fs))))
+    return out
 
 
 def _json_default(o):

@@ -48,15 +48,15 @@ def to_numpy64(x) -> Optional[np.ndarray]:
 
 
 def make_case(z1, z2, *, dtype, cotangent=1.0, negatives=None, labels=None, negative_labels=None,
-              exact_ties=False, **params) -> Case:
+              exact_ties=False, temperature_grad=False, **params) -> Case:
     full = dict(temperature=0.5, beta=1.0, tau_plus=0.1, estimator="hard", clamp=True, normalize=True,
                 reduction="mean")
-    full.update({k: v for k, v in params.items() if k in full})
+    full.update({k: v for k, v in params.items() if k in full or k in ("layout", "symmetric")})
     arr = lambda v: None if v is None else np.asarray(v, dtype=np.float64)  # noqa: E731
     return Case(z1=arr(z1), z2=arr(z2), negatives=arr(negatives),
                 labels=None if labels is None else np.asarray(labels),
                 negative_labels=None if negative_labels is None else np.asarray(negative_labels),
-                params=full, dtype=dtype, cotangent=cotangent,
+                params=full, dtype=dtype, cotangent=cotangent, temperature_grad=bool(temperature_grad),
                 origin={"exact_ties": True} if exact_ties else {})
 
 
@@ -83,14 +83,17 @@ def _finish(res: checks.CheckResult, what: str):
 
 
 def check(value, grads, z1, z2, *, dtype, cotangent=1.0, negatives=None, labels=None, negative_labels=None,
-          check_dtypes: bool = True, exact_ties: bool = False, **params) -> checks.CheckResult:
+          check_dtypes: bool = True, exact_ties: bool = False, temperature_grad: bool = False,
+          **params) -> checks.CheckResult:
     """Compare a target's outputs on these inputs with the float64 reference; AssertionError if they differ.
 
-    ``value`` and ``grads`` (``{"z1": ..., "z2": ..., "negatives": ...}`` or None) are the target's outputs in
-    any framework; the inputs are the float64 arrays the target's tensors were made from (exactly).
+    ``value`` and ``grads`` (``{"z1": ..., "z2": ..., "negatives": ...}``, with ``"temperature"`` when
+    ``temperature_grad``, or None) are the target's outputs in any framework; the inputs are the float64 arrays
+    the target's tensors were made from (exactly).
     """
     case = make_case(z1, z2, dtype=dtype, cotangent=cotangent, negatives=negatives, labels=labels,
-                     negative_labels=negative_labels, exact_ties=exact_ties, **params)
+                     negative_labels=negative_labels, exact_ties=exact_ties, temperature_grad=temperature_grad,
+                     **params)
     g64 = _grads64(grads)
     res = checks.compare(case, to_numpy64(value), g64, value_dtype=dtype_name(value),
                          grad_dtypes=None if grads is None else {k: dtype_name(g) for k, g in grads.items()},
@@ -198,20 +201,23 @@ def relation_closed_form(case: Case, value: np.ndarray) -> checks.CheckResult:
     want = checks.reduce(checks.closed_form_loss(case), case.params["reduction"])
     name = "NT-Xent" if case.params["estimator"] == "easy" or case.params["beta"] == 0 and \
         case.params["tau_plus"] == 0 else ("beta = inf" if math.isinf(case.params["beta"]) else "debiased (beta = 0)")
+    if name == "NT-Xent" and case.layout == "cross":
+        name = "CLIP" if case.symmetric else "MultipleNegativesRankingLoss"
     # the closed form is a second float64 evaluation: its error is within the reference's share of the bound
     res.value_frac = _relation(res, f"value vs the {name} closed form", value, want, 2 * b.value, case.dtype)
     return res
 
 
-def check_raises(call, expected: BaseException):
-    """The error contract: ``call()`` must raise ``expected``'s type with exactly its message."""
+def check_raises(call, expected: BaseException, type_only: bool = False):
+    """The error contract: ``call()`` must raise ``expected``'s type with exactly its message (its type only with
+    ``type_only``, as ``hardneg verify --errors type``)."""
     try:
         call()
     except Exception as e:  # noqa: BLE001
         got = e
     else:
         got = None
-    res = checks.check_error(got, expected)
+    res = checks.check_error(got, expected, type_only=type_only)
     if got is not None:
         print(f"raised {type(got).__name__}: {got}")
     return _finish(res, "error contract")

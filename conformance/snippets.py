@@ -26,22 +26,28 @@ _HEADER = {
 
 _RUN = {
     "torch": '''
-def run(z1, z2, negatives=None, labels=None, negative_labels=None, *, dtype, cotangent, **kwargs):
+def run(z1, z2, negatives=None, labels=None, negative_labels=None, *, dtype, cotangent, temperature_grad=False,
+        **kwargs):
     """The target on torch tensors of `dtype`; gradients by torch.autograd against `cotangent`."""
     xs = {k: torch.tensor(v, dtype=getattr(torch, dtype), requires_grad=True)
           for k, v in dict(z1=z1, z2=z2, negatives=negatives).items() if v is not None}
+    if temperature_grad:  # the temperature as a 0-d tensor, differentiated too
+        xs["temperature"] = torch.tensor(kwargs.pop("temperature"), dtype=getattr(torch, dtype), requires_grad=True)
     lab = {k: torch.tensor(v) for k, v in dict(labels=labels, negative_labels=negative_labels).items() if v is not None}
-    bank = {"negatives": xs["negatives"]} if "negatives" in xs else {}
+    bank = {k: xs[k] for k in ("negatives", "temperature") if k in xs}
     value = target(xs["z1"], xs["z2"], **bank, **lab, **kwargs)
     cot = torch.as_tensor(np.asarray(cotangent, dtype=np.float64)).to(value.dtype).reshape(value.shape)
     grads = torch.autograd.grad(value, list(xs.values()), cot, allow_unused=True)
     return value, dict(zip(xs, grads))
 ''',
     "jax": '''
-def run(z1, z2, negatives=None, labels=None, negative_labels=None, *, dtype, cotangent, **kwargs):
+def run(z1, z2, negatives=None, labels=None, negative_labels=None, *, dtype, cotangent, temperature_grad=False,
+        **kwargs):
     """The target on jax arrays of `dtype`; gradients by jax.vjp against `cotangent`."""
     xs = {k: jnp.asarray(v).astype(getattr(jnp, dtype))
           for k, v in dict(z1=z1, z2=z2, negatives=negatives).items() if v is not None}
+    if temperature_grad:  # the temperature as a 0-d array, differentiated too
+        xs["temperature"] = jnp.asarray(kwargs.pop("temperature")).astype(getattr(jnp, dtype))
     lab = {k: jnp.asarray(v) for k, v in dict(labels=labels, negative_labels=negative_labels).items() if v is not None}
     names = list(xs)
 
@@ -54,12 +60,15 @@ def run(z1, z2, negatives=None, labels=None, negative_labels=None, *, dtype, cot
     return value, dict(zip(names, grads))
 ''',
     "tensorflow": '''
-def run(z1, z2, negatives=None, labels=None, negative_labels=None, *, dtype, cotangent, **kwargs):
+def run(z1, z2, negatives=None, labels=None, negative_labels=None, *, dtype, cotangent, temperature_grad=False,
+        **kwargs):
     """The target on tf tensors of `dtype`; gradients by tf.GradientTape against `cotangent`."""
     xs = {k: tf.cast(tf.constant(v, tf.float64), getattr(tf, dtype))
           for k, v in dict(z1=z1, z2=z2, negatives=negatives).items() if v is not None}
+    if temperature_grad:  # the temperature as a tf.Variable, differentiated too
+        xs["temperature"] = tf.Variable(tf.cast(tf.constant(kwargs.pop("temperature"), tf.float64), getattr(tf, dtype)))
     lab = {k: tf.constant(v) for k, v in dict(labels=labels, negative_labels=negative_labels).items() if v is not None}
-    bank = {"negatives": xs["negatives"]} if "negatives" in xs else {}
+    bank = {k: xs[k] for k in ("negatives", "temperature") if k in xs}
     with tf.GradientTape() as tape:
         tape.watch(list(xs.values()))
         value = target(xs["z1"], xs["z2"], **bank, **lab, **kwargs)
@@ -68,7 +77,8 @@ def run(z1, z2, negatives=None, labels=None, negative_labels=None, *, dtype, cot
     return value, dict(zip(xs, grads))
 ''',
     "numpy": '''
-def run(z1, z2, negatives=None, labels=None, negative_labels=None, *, dtype, cotangent, **kwargs):
+def run(z1, z2, negatives=None, labels=None, negative_labels=None, *, dtype, cotangent, temperature_grad=False,
+        **kwargs):
     """The target on NumPy arrays of `dtype`; gradients from its *_and_grad twin against `cotangent`."""
     if dtype == "bfloat16":
         import ml_dtypes
@@ -79,8 +89,8 @@ def run(z1, z2, negatives=None, labels=None, negative_labels=None, *, dtype, cot
     if TWIN is None:
         return target(xs["z1"], xs["z2"], **bank, **lab, **kwargs), None
     value, grads = TWIN(xs["z1"], xs["z2"], **bank, **lab, cotangent=cotangent, **kwargs)
-    grads = grads._asdict() if hasattr(grads, "_asdict") else dict(zip(("z1", "z2", "negatives"), grads))
-    return value, {k: grads[k] for k in xs}
+    grads = grads._asdict() if hasattr(grads, "_asdict") else dict(zip(("z1", "z2", "negatives", "temperature"), grads))
+    return value, {k: grads.get(k) for k in list(xs) + (["temperature"] if temperature_grad else [])}
 ''',
 }
 
@@ -90,6 +100,9 @@ _RAW = {
     "tensorflow": "conv = lambda v: tf.constant(v) if isinstance(v, np.ndarray) else v  # dtype and shape kept\n",
     "numpy": "conv = lambda v: v\n",
 }
+
+from .command import SNIPPET_HEADER, SNIPPET_RUN  # noqa: E402 - a port over the JSON-lines protocol
+_HEADER["command"], _RUN["command"], _RAW["command"] = SNIPPET_HEADER, SNIPPET_RUN, "conv = lambda v: v\n"
 
 
 def _num(x: float) -> str:
@@ -131,6 +144,8 @@ def literal(x: Any) -> str:
 
 
 def _import(target_path: Optional[str], framework: str) -> str:
+    if framework == "command":  # a port in any language, started through the shell (conformance.command)
+        return f"target = cc.port({target_path!r})  # the command is started once, through the shell\n"
     if target_path is None:
         line = "target = ...  # the function under test (it was not importable by module path)\n"
     else:
@@ -164,11 +179,12 @@ def _kw(case: Case) -> str:
 
 def compare_snippet(title: str, framework: str, target_path: Optional[str], case: Case) -> str:
     exact = ", exact_ties=True" if case.origin.get("exact_ties") else ""
-    dt = ", check_dtypes=False" if framework == "numpy" else ""
+    dt = ", check_dtypes=False" if framework in ("numpy", "command") else ""
+    tg = ", temperature_grad=True" if case.temperature_grad else ""
     return (_head(title, framework, target_path) + _RUN[framework] + "\n" + _inputs(case) + _kw(case)
             + f"dtype, cotangent = {case.dtype!r}, {literal(case.cotangent)}\n\n"
-            + "value, grads = run(**inputs, dtype=dtype, cotangent=cotangent, **kwargs, **extras)\n"
-            + f"cr.check(value, grads, **inputs, dtype=dtype, cotangent=cotangent{dt}{exact}, **kwargs)\n")
+            + f"value, grads = run(**inputs, dtype=dtype, cotangent=cotangent{tg}, **kwargs, **extras)\n"
+            + f"cr.check(value, grads, **inputs, dtype=dtype, cotangent=cotangent{dt}{exact}{tg}, **kwargs)\n")
 
 
 def determinism_snippet(title: str, framework: str, target_path: Optional[str], case: Case) -> str:
@@ -207,11 +223,12 @@ def relation_snippet(title: str, framework: str, target_path: Optional[str], kin
 
 
 def error_snippet(title: str, framework: str, target_path: Optional[str], arrays: Dict[str, np.ndarray],
-                  kwargs: Dict[str, Any], expected: BaseException) -> str:
+                  kwargs: Dict[str, Any], expected: BaseException, type_only: bool = False) -> str:
     s = _head(title, framework, target_path) + _RAW[framework]
     s += "arrays = dict(\n" + "".join(f"    {k}={literal(v)},\n" for k, v in arrays.items()) + ")\n"
     s += f"kwargs = {literal(kwargs)}\n"
     s += f"expected = {type(expected).__name__}({str(expected)!r})\n\n"
     s += ("cr.check_raises(lambda: target(conv(arrays.pop(\"z1\")), conv(arrays.pop(\"z2\")), "
-          "**{k: conv(v) for k, v in arrays.items()}, **kwargs), expected)\n")
+          "**{k: conv(v) for k, v in arrays.items()}, **kwargs), expected"
+          + (", type_only=True" if type_only else "") + ")\n")
     return s

@@ -16,7 +16,13 @@ Regimes covered on purpose (spec sections 4-6, docs/conformance.md):
 * B in {1 (with a bank), 2, 3, 4, 8, 16, 64}, d in {1, 2, 3, 8, 32, 128}, K in {1, 2, 5, 16, 64}: a small set of
   shapes, so that jit-compiling frameworks compile a bounded number of programs;
 * shared and per-anchor banks, labels with 1, 2, 3 or B classes (an anchor may be left with no negatives),
-  every reduction, cotangents other than 1 (a custom VJP that ignores its cotangent fails).
+  every reduction, cotangents other than 1 (a custom VJP that ignores its cotangent fails);
+* spec 1.1: the layouts of :data:`hardneg.validation.LAYOUTS` (the cross layout one-way and symmetric, with no
+  bank, a shared or a per-anchor bank), ``layout`` named explicitly or left to ``None``, and the temperature
+  passed as a 0-d tensor whose gradient is compared (``Case.temperature_grad``).
+
+The choices themselves (estimators, reductions, layouts) come from :mod:`hardneg.validation`, the one place that
+lists them.
 """
 
 from __future__ import annotations
@@ -28,10 +34,15 @@ from typing import Optional, Tuple
 import numpy as np
 from hypothesis import strategies as st
 
+from hardneg.validation import ESTIMATORS, LAYOUTS, REDUCTIONS
+
 from .cases import HUGE, Case, quantize, round_to_dtype
 
 __all__ = ["Space", "cases", "B_SIZES", "D_SIZES", "K_SIZES", "temperatures", "betas", "taus"]
 
+#: The sizes a quick run of a compiling framework (JAX at its default example count) draws from: each new shape
+#: is a new program to compile, so a smaller fixed set lets most examples reuse one (see conformance.suite).
+FEW_SIZES = {"B": (2, 8), "B_bank": (2, 1, 8), "d": (2, 32), "K": (2, 5)}
 B_SIZES = (2, 3, 4, 8, 16, 64)
 B_SIZES_BANK = (2, 1, 3, 4, 8, 16, 64)
 D_SIZES = (2, 1, 3, 8, 32, 128)
@@ -48,12 +59,25 @@ MAGNITUDES = {
 }
 
 
+#: Bank kinds, as ``hardneg.validation.Problem.bank`` names them.
+BANKS = ("none", "shared", "per_anchor")
+
+
 @dataclass(frozen=True)
 class Space:
-    """The options a strategy may draw (each tuple lists the simplest choice first)."""
+    """The options a strategy may draw (each tuple lists the simplest choice first).
+
+    ``layouts`` are the public layouts of :data:`hardneg.validation.LAYOUTS`; ``banks`` the bank kinds
+    ("none", "shared", "per_anchor", as ``Problem.bank``) that layouts with a bank may use: "bank" draws a
+    non-empty one, "cross" any of them. ``explicit_layout`` also names "in_batch"/"bank" in the call instead of
+    leaving ``layout=None`` (for targets that take the keyword); "cross" is always named.
+    """
 
     dtype: str = "float64"
-    layouts: Tuple[str, ...] = ("none",)  # "none" (in-batch), "shared", "per_anchor"
+    layouts: Tuple[str, ...] = ("in_batch",)
+    banks: Tuple[str, ...] = ("none",)
+    symmetric: Tuple[bool, ...] = (True,)
+    explicit_layout: bool = False
     labels: Tuple[bool, ...] = (False,)
     estimators: Tuple[str, ...] = ("hard",)
     clamps: Tuple[bool, ...] = (True,)
@@ -61,6 +85,26 @@ class Space:
     reductions: Tuple[str, ...] = ("mean",)
     betas: str = "finite"  # "finite", "inf" or "any"
     memory_budgets: Tuple[Optional[int], ...] = (None,)
+    temperature_grad: Tuple[bool, ...] = (False,)
+    geometries: Tuple[str, ...] = GEOMETRIES
+    taus: str = "any"  # "any", or "high" (0.5..0.9: with aligned pairs the clamp floor binds for most anchors)
+    scales: Tuple[str, ...] = SCALES_NORMALIZED  # row magnitudes (normalize=False draws "unit" and "mixed" only)
+    sizes: str = "all"  # "all": B_SIZES, D_SIZES, K_SIZES; "few": FEW_SIZES (compiled programs get reused)
+
+    def __post_init__(self):
+        assert set(self.layouts) <= set(LAYOUTS), self.layouts
+        assert set(self.banks) <= set(BANKS), self.banks
+        assert set(self.estimators) <= set(ESTIMATORS) and set(self.reductions) <= set(REDUCTIONS)
+        if "bank" in self.layouts:
+            assert set(self.banks) - {"none"}, "layout 'bank' needs a bank kind"
+
+
+def space_with_banks(space: Space, banks: Tuple[str, ...]) -> Space:
+    """``space`` drawing the 1.0 layouts of ``banks`` ("none" -> in-batch, a bank kind -> layout "bank")."""
+    from dataclasses import replace
+
+    layouts = tuple(dict.fromkeys("in_batch" if b == "none" else "bank" for b in banks))
+    return replace(space, layouts=layouts, banks=tuple(banks))
 
 
 def temperatures() -> st.SearchStrategy[float]:
@@ -86,8 +130,10 @@ def betas(kind: str = "finite") -> st.SearchStrategy[float]:
     return finite
 
 
-def taus() -> st.SearchStrategy[float]:
-    """tau+ in [0, 0.9]: 0.1 (default), 0 (no debiasing), 0.5, 0.9, anything between."""
+def taus(kind: str = "any") -> st.SearchStrategy[float]:
+    """tau+ in [0, 0.9]: 0.1 (default), 0 (no debiasing), 0.5, 0.9, anything between; "high": 0.5..0.9."""
+    if kind == "high":
+        return st.one_of(st.sampled_from([0.9, 0.5]), st.floats(min_value=0.5, max_value=0.9))
     return st.one_of(st.sampled_from([0.1, 0.0, 0.5, 0.9]), st.floats(min_value=0.0, max_value=0.9))
 
 
@@ -164,27 +210,38 @@ def _tau_at(case: Case, mode: str, rng: np.random.Generator, k: int) -> Optional
 def cases(draw, space: Space) -> Case:
     """One case inside ``space`` (see the module docstring for what is covered)."""
     dtype = space.dtype
-    layout = draw(st.sampled_from(space.layouts))
+    public = draw(st.sampled_from(space.layouts))
+    if public == "in_batch":
+        layout = "none"
+    elif public == "bank":
+        layout = draw(st.sampled_from(tuple(b for b in space.banks if b != "none")))
+    else:
+        layout = draw(st.sampled_from(space.banks))
+    symmetric = draw(st.sampled_from(space.symmetric)) if public == "cross" else True
+    named = public == "cross" or (space.explicit_layout and draw(st.booleans()))
     labelled = draw(st.sampled_from(space.labels))
-    B = draw(st.sampled_from(B_SIZES if layout == "none" else B_SIZES_BANK))
-    d = draw(st.sampled_from(D_SIZES))
-    K = draw(st.sampled_from(K_SIZES)) if layout != "none" else 0
+    few = space.sizes == "few"
+    B = draw(st.sampled_from((FEW_SIZES["B"] if few else B_SIZES) if layout == "none" else
+                             (FEW_SIZES["B_bank"] if few else B_SIZES_BANK)))
+    d = draw(st.sampled_from(FEW_SIZES["d"] if few else D_SIZES))
+    K = draw(st.sampled_from(FEW_SIZES["K"] if few else K_SIZES)) if layout != "none" else 0
     estimator = draw(st.sampled_from(space.estimators))
     clamp = draw(st.sampled_from(space.clamps))
     normalize = draw(st.sampled_from(space.normalizes))
     reduction = draw(st.sampled_from(space.reductions))
-    geometry = draw(st.sampled_from(GEOMETRIES))
+    geometry = draw(st.sampled_from(space.geometries))
     noise = draw(st.sampled_from([0.1, 1e-3, 0.0, 1.0]))
-    scale = draw(st.sampled_from(SCALES_NORMALIZED if normalize else ("unit", "mixed")))
+    scale = draw(st.sampled_from(tuple(s for s in space.scales if normalize or s in ("unit", "mixed"))))
     bits = draw(st.sampled_from([3, 8, None]))
     temperature = draw(temperatures())
     beta = draw(betas(space.betas))
     tau_mode = draw(st.sampled_from(["drawn", "kink", "cancel"])) if estimator == "hard" else "drawn"
-    tau_plus = draw(taus())
+    tau_plus = draw(taus(space.taus))
     cancel_digits = draw(st.sampled_from([2, 5, 10]))
     classes = draw(st.sampled_from([2, 1, 3, 0])) if labelled else None  # 0: B classes (all distinct)
     cot_mode = draw(st.sampled_from([1.0, 0.5, -2.0]))
     memory_budget = draw(st.sampled_from(space.memory_budgets))
+    temperature_grad = draw(st.sampled_from(space.temperature_grad))
     seed = draw(st.integers(min_value=0, max_value=2**32 - 1))
 
     rng = np.random.default_rng(seed)
@@ -208,19 +265,24 @@ def cases(draw, space: Space) -> Case:
         labels = rng.integers(0, nc, size=B).astype(np.int64)
         if layout != "none":
             negative_labels = rng.integers(0, nc, size=bank_shape[:-1]).astype(np.int64)
-    A = 2 * B if layout == "none" else B
-    if reduction == "none":
-        cot = np.asarray(rng.choice([-1.0, 0.0, 0.5, 1.0, 2.0], size=A), dtype=np.float64)
-    else:
-        cot = float(cot_mode)
+    if temperature_grad:  # the temperature becomes a tensor of the dtype under test: exactly representable
+        temperature = float(round_to_dtype(np.asarray(float(temperature)), dtype))
     params = dict(
         temperature=float(temperature), beta=float(beta), tau_plus=float(tau_plus), estimator=estimator,
         clamp=bool(clamp), normalize=bool(normalize), reduction=reduction,
     )
+    if named:
+        params["layout"] = public
+        if public == "cross":
+            params["symmetric"] = bool(symmetric)
     extras = {} if memory_budget is None else {"memory_budget": memory_budget}
     case = Case(z1=z1, z2=z2, negatives=neg, labels=labels, negative_labels=negative_labels, params=params,
-                dtype=dtype, cotangent=cot, extras=extras,
+                dtype=dtype, cotangent=1.0, extras=extras, temperature_grad=bool(temperature_grad),
                 origin=dict(geometry=geometry, noise=noise, scale=scale, bits=bits, tau_mode=tau_mode, seed=seed))
+    if reduction == "none":
+        case.cotangent = np.asarray(rng.choice([-1.0, 0.0, 0.5, 1.0, 2.0], size=case.n_anchors), dtype=np.float64)
+    else:
+        case.cotangent = float(cot_mode)
     if tau_mode != "drawn" and (tau_mode == "cancel" or clamp):
         tau = _tau_at(case, tau_mode, rng, cancel_digits)
         if tau is not None:

@@ -24,7 +24,10 @@ from .backends import BACKENDS, DEFAULT_MAX_EXAMPLES, backend_target, installed_
 from .cases import Case
 from .report import FAILED, SKIPPED, UNSUPPORTED, Failure, FeatureResult, Report
 from .reproduce import relation_closed_form, relation_permutation, relation_rescaling
-from .strategies import Space, cases
+from hardneg.validation import ESTIMATORS, REDUCTIONS
+
+from .strategies import Space, cases, space_with_banks
+from . import jsd_suite as _jsd
 
 __all__ = ["verify", "BACKENDS", "FEATURES", "installed_backends", "backend_target", "DEFAULT_MAX_EXAMPLES"]
 
@@ -40,21 +43,44 @@ FEATURES = {
     "bank_per_anchor": "a (B, K, d) bank per anchor",
     "labels": "labels removing same-class negatives (in-batch)",
     "labels_bank": "labels with a bank and negative_labels",
+    "cross": "layout='cross', symmetric=False: anchors z1 against z2's rows (sentence-transformers' MNRL)",
+    "cross_symmetric": "layout='cross', symmetric=True: both directions (CLIP)",
+    "cross_bank_shared": "the cross layout with a (K, d) bank of hard negatives after z2's rows",
+    "cross_bank_per_anchor": "the cross layout with a (B, K, d) bank: anchor i's own hard negatives",
+    "cross_labels": "the cross layout with labels (negative_labels with a bank)",
+    "temperature_grad": "the temperature as a 0-d tensor: d loss / d t against Grads.temperature, every layout",
     "combined": "every supported option drawn together",
     "float32": "float32 inputs (computed in float32)",
     "float16": "float16 inputs (computed in float32, returned in float16)",
     "bfloat16": "bfloat16 inputs (computed in float32, returned in bfloat16)",
     "special_cases": "debiased (beta = 0), NT-Xent and beta = inf against closed forms; exact ties for beta = inf",
     "invariances": "pair permutation; row rescaling under normalize=True",
-    "nonfinite": "a NaN/inf input element makes every output element NaN",
+    "nonfinite": "a NaN/inf input element (or a tensor temperature <= 0 or not finite) makes every output NaN",
     "errors": "every bad input raises the reference's exception type and message",
     "determinism": "two identical calls agree to the bit",
 }
+
+FEATURES.update(_jsd.FEATURES)  # the graph objective (jsd_loss, spec section 14): conformance/jsd_suite.py
+
+#: A compiling framework (JAX compiles each new combination of shapes and static options, ~0.3 s or more each)
+#: verified with fewer examples per feature than this draws B, d, K from strategies.FEW_SIZES, so that most
+#: examples reuse a compiled program; from this count on, every size is drawn.
+FEW_SIZES_BELOW = 50
+COMPILING = ("jax",)
+
+#: profile -> what it changes in every feature's :class:`~conformance.strategies.Space`. "practical": input rows
+#: of realistic magnitudes only — a random half of the rows scaled by 10^-3..10^3 (normalize=True) or 10^-1..10
+#: (normalize=False), no rows whose squares overflow or underflow the compute dtype and none below the
+#: normalisation epsilon — and, by default, the error contract on exception types only.
+PROFILES = {"strict": {}, "practical": {"scales": ("unit", "mixed")}}
 
 _OPTION_OF = {  # feature -> probe it needs
     "reductions": "sum_or_none", "clamp_off": "clamp_off", "easy": "easy", "beta_inf": "beta_inf",
     "unnormalized": "unnormalized", "bank_shared": "shared", "bank_per_anchor": "per_anchor", "labels": "labels",
     "labels_bank": "labels_bank", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
+    "cross": "cross_oneway", "cross_symmetric": "cross", "cross_bank_shared": "cross_bank_shared",
+    "cross_bank_per_anchor": "cross_bank_per_anchor", "cross_labels": "cross_labels",
+    "temperature_grad": "temperature_grad",
 }
 
 
@@ -77,6 +103,9 @@ class _Ctx:
     shrink_budget: int
     progress: Optional[Callable]
     skipped: Dict[str, int] = field(default_factory=dict)
+    errors: str = "exact"  # "exact": type and message of every error; "type": the exception type only
+    profile: str = "strict"  # "practical": realistic input magnitudes (see PROFILES)
+    sizes: str = "all"  # "few" for a quick run of a compiling framework (see FEW_SIZES_BELOW)
 
 
 def _probe_case(dtype="float64", **over) -> Case:
@@ -87,24 +116,35 @@ def _probe_case(dtype="float64", **over) -> Case:
                   reduction="mean")
     bank = over.pop("bank", None)
     labels = over.pop("labels", False)
+    temperature_grad = over.pop("temperature_grad", False)
     params.update(over)
     neg = None if bank is None else (r(K, d) if bank == "shared" else r(B, K, d))
     lab = np.array([0, 1, 0]) if labels else None
     nlab = None if not (labels and bank) else (np.array([0, 1, 2, 0, 1]) if bank == "shared" else
                                                np.tile(np.array([0, 1, 2, 0, 1]), (B, 1)))
-    A = 2 * B if bank is None else B
-    cot = np.linspace(-1, 1, A) if params["reduction"] == "none" else 1.0
-    return Case(z1=r(B, d), z2=r(B, d), negatives=neg, labels=lab, negative_labels=nlab, params=params, dtype=dtype,
-                cotangent=cot)
+    case = Case(z1=r(B, d), z2=r(B, d), negatives=neg, labels=lab, negative_labels=nlab, params=params, dtype=dtype,
+                cotangent=1.0, temperature_grad=temperature_grad)
+    if params["reduction"] == "none":
+        case.cotangent = np.linspace(-1, 1, case.n_anchors)
+    return case
+
+
+def _accepts(fn, name: str) -> bool:
+    """Whether ``fn`` takes the keyword ``name`` (or any keyword); True when its signature is not available."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def _probe(ctx_target, adapter: Adapter, want_grad: bool, dtypes: Sequence[str]) -> Dict[str, bool]:
     """Which options the target supports: a NotImplementedError on a small valid call means "not supported"."""
 
-    def ok(case) -> bool:
+    def ok(case, refusals=(NotImplementedError,)) -> bool:
         try:
             adapter.call(ctx_target, case, want_grad=want_grad)
-        except NotImplementedError:
+        except refusals:
             return False
         except Exception:  # noqa: BLE001 - any other error is a conformance failure, found by the feature itself
             return True
@@ -132,39 +172,66 @@ def _probe(ctx_target, adapter: Adapter, want_grad: bool, dtypes: Sequence[str])
     sup["labels"] = ok(_probe_case(base, labels=True))
     bank = "shared" if sup["shared"] else ("per_anchor" if sup["per_anchor"] else None)
     sup["labels_bank"] = bank is not None and ok(_probe_case(base, labels=True, bank=bank))
+    # spec 1.1: a target without the `layout` keyword (a spec 1.0 implementation) supports none of the layouts
+    has_layout = _accepts(ctx_target, "layout")
+    sup["layout"] = has_layout and ok(_probe_case(base, layout="in_batch"))
+    sup["cross"] = has_layout and ok(_probe_case(base, layout="cross"))
+    sup["cross_oneway"] = sup["cross"] and ok(_probe_case(base, layout="cross", symmetric=False))
+    for kind in ("shared", "per_anchor"):
+        sup[f"cross_bank_{kind}"] = sup["cross"] and ok(_probe_case(base, layout="cross", bank=kind))
+    sup["cross_labels"] = sup["cross"] and ok(_probe_case(base, layout="cross", labels=True))
+    # a spec 1.0 implementation refuses a tensor temperature ("temperature must be a real number"): not supported
+    sup["temperature_grad"] = want_grad and ok(_probe_case(base, temperature_grad=True),
+                                               refusals=(NotImplementedError, TypeError, ValueError))
+    sup["temperature_tensor"] = sup["temperature_grad"] and adapter.framework not in ("numpy", "command")
     return sup
 
 
 def _space(ctx: _Ctx, feature: str) -> Space:
     s = ctx.supported
-    reds = ("mean",) + tuple(r for r in ("sum", "none") if s[r])
+    # the choices come from hardneg.validation (the one list of them), the default first
+    reds = ("mean",) + tuple(r for r in REDUCTIONS if r != "mean" and s[r])
     layouts = ("none",) + tuple(k for k in ("shared", "per_anchor") if s[k])
     banks = tuple(k for k in ("shared", "per_anchor") if s[k])
     labels = (False, True) if s["labels"] else (False,)
-    est = ("hard", "easy") if s["easy"] else ("hard",)
+    est = ESTIMATORS if s["easy"] else ("hard",)
     clamps = (True, False) if s["clamp_off"] else (True,)
     norms = (True, False) if s["unnormalized"] else (True,)
     betas = "any" if s["beta_inf"] else "finite"
     mb = (None, 4096, 1) if "memory_budget" in _params(ctx.target) else (None,)
-    base = Space(dtype=ctx.base, reductions=reds, memory_budgets=mb)
-    everything = replace(base, layouts=layouts, labels=labels, estimators=est, clamps=clamps, normalizes=norms,
-                         betas=betas)
-    return {
+    base = Space(dtype=ctx.base, reductions=reds, memory_budgets=mb, explicit_layout=s["layout"])
+    everything = replace(space_with_banks(base, layouts), labels=labels, estimators=est, clamps=clamps,
+                         normalizes=norms, betas=betas)
+    cross_banks = ("none",) + tuple(k for k in ("shared", "per_anchor") if s[f"cross_bank_{k}"])
+    sym = (True, False) if s["cross_oneway"] else (True,)
+    cross = replace(base, layouts=("cross",), symmetric=sym)
+    if s["cross"]:
+        everything = replace(everything, layouts=everything.layouts + ("cross",), symmetric=sym)
+    if s["temperature_grad"]:
+        everything = replace(everything, temperature_grad=(False, True))
+    space = {
         "hard": base,
-        "reductions": replace(base, reductions=tuple(r for r in ("sum", "none") if s[r])),
+        "reductions": replace(base, reductions=tuple(r for r in REDUCTIONS if r != "mean" and s[r])),
         "clamp_off": replace(base, clamps=(False,)),
         "easy": replace(base, estimators=("easy",)),
         "beta_inf": replace(base, betas="inf"),
         "unnormalized": replace(base, normalizes=(False,)),
-        "bank_shared": replace(base, layouts=("shared",)),
-        "bank_per_anchor": replace(base, layouts=("per_anchor",)),
+        "bank_shared": space_with_banks(base, ("shared",)),
+        "bank_per_anchor": space_with_banks(base, ("per_anchor",)),
         "labels": replace(base, labels=(True,)),
-        "labels_bank": replace(base, labels=(True,), layouts=banks or ("shared",)),
+        "labels_bank": replace(space_with_banks(base, banks or ("shared",)), labels=(True,)),
+        "cross": replace(cross, symmetric=(False,)),
+        "cross_symmetric": replace(cross, symmetric=(True,)),
+        "cross_bank_shared": replace(cross, banks=("shared",)),
+        "cross_bank_per_anchor": replace(cross, banks=("per_anchor",)),
+        "cross_labels": replace(cross, banks=cross_banks, labels=(True,)),
+        "temperature_grad": replace(everything, temperature_grad=(True,)),
         "combined": everything,
         "float32": replace(everything, dtype="float32"),
         "float16": replace(everything, dtype="float16"),
         "bfloat16": replace(everything, dtype="bfloat16"),
     }.get(feature, everything)
+    return replace(space, sizes=ctx.sizes, **PROFILES[ctx.profile])
 
 
 def _params(fn) -> Tuple[str, ...]:
@@ -254,11 +321,18 @@ def _run_hypothesis(ctx: _Ctx, fres: FeatureResult, strategy, body, n: int) -> N
         case = ex[0] if isinstance(ex, tuple) else ex
         fres.status = FAILED
         fres.record(res.value_frac, res.grad_frac)
-        fres.failures.append(Failure(fres.name, res.check, res.message(), snip(), case.summary()))
+        fres.failures.append(Failure(fres.name, res.check, res.message(), snip(), case.summary(),
+                                     size=_size(case)))
     if st["rejected"]:
         fres.notes.append(f"{st['rejected']} drawn combinations not supported")
     if st["skipped"]:
         fres.notes.append(f"{st['skipped']} ill-posed examples not compared")
+
+
+def _size(case) -> int:
+    """Input elements of a case (hcl_loss or jsd_loss): the report shows the smallest example of a cause."""
+    return sum(int(np.size(x)) for x in (getattr(case, k, None) for k in ("z1", "z2", "negatives", "local", "graph"))
+               if x is not None)
 
 
 def _call(ctx: _Ctx, case: Case, want_grad: Optional[bool] = None):
@@ -306,6 +380,8 @@ def _special_body(ctx: _Ctx):
             p.update(beta=0.0, tau_plus=0.0, clamp=False, estimator="hard")
         elif mode == "beta_inf":
             p.update(beta=math.inf, estimator="hard")
+        elif mode in ("clip", "mnrl"):  # the cross layout's identities (spec 1.1 section 4), easy estimator
+            p.update(estimator="easy")
         out = compare_body(case)
         if out is None or not out[0].ok:
             if out is not None and mode == "exact_ties":
@@ -408,7 +484,7 @@ def _run_errors(ctx: _Ctx, fres: FeatureResult) -> None:
             ctx.adapter.call_raw(ctx.target, dict(ec.arrays), dict(ec.kwargs))
         except Exception as e:  # noqa: BLE001 - the exception is what is checked
             got = e
-        res = checks.check_error(got, want)
+        res = checks.check_error(got, want, type_only=ctx.errors == "type")
         fres.examples += 1
         if ctx.progress:
             ctx.progress(fres.name, 1)
@@ -417,7 +493,8 @@ def _run_errors(ctx: _Ctx, fres: FeatureResult) -> None:
             fres.failures.append(Failure(
                 fres.name, f"error contract ({ec.name})", res.message(),
                 snippets.error_snippet(f"feature 'errors', {ec.name}", ctx.adapter.framework, ctx.path,
-                                       dict(ec.arrays), dict(ec.kwargs), want), ec.name))
+                                       dict(ec.arrays), dict(ec.kwargs), want, type_only=ctx.errors == "type"),
+                ec.name))
 
 
 def _counts(max_examples: int) -> Dict[str, int]:
@@ -439,19 +516,20 @@ def planned_examples(max_examples: int, features: Optional[Iterable[str]] = None
 def verify(target, framework: str = "numpy", max_examples: Optional[int] = None, seed: int = 0,
            dtypes: Optional[Sequence[str]] = None, features: Optional[Sequence[str]] = None, *,
            progress: Optional[Callable[[str, int], None]] = None, shrink_budget: int = 48,
-           fail_fast: bool = False) -> Report:
+           fail_fast: bool = False, errors: Optional[str] = None, profile: str = "strict") -> Report:
     """Verify an implementation of ``hcl_loss`` against the reference.
 
     Parameters
     ----------
     target : callable or str
         A function with the spec's signature (``"module:function"`` accepted).
-    framework : {"numpy", "torch", "jax", "tensorflow"}, default "numpy"
+    framework : {"numpy", "torch", "jax", "tensorflow", "command"}, default "numpy"
         How inputs are built and gradients taken (the framework's autodiff; a NumPy target's gradients come from
-        its ``<name>_and_grad`` twin, or are not checked without one).
+        its ``<name>_and_grad`` twin, or are not checked without one). "command": ``target`` is a
+        :class:`conformance.command.Port` (a port in any language; see :func:`conformance.command.verify_command`).
     max_examples : int, optional
         Examples per numeric feature (the relation features draw fewer; the error contract runs all its cases).
-        Default :data:`DEFAULT_MAX_EXAMPLES` of the framework (numpy 12, torch 12, tensorflow 10, jax 2).
+        Default :data:`DEFAULT_MAX_EXAMPLES` of the framework (numpy 12, torch 12, tensorflow 10, jax 10, command 12).
     seed : int, default 0
         Hypothesis seed: the same seed draws the same examples.
     dtypes : sequence of str, optional
@@ -464,6 +542,12 @@ def verify(target, framework: str = "numpy", max_examples: Optional[int] = None,
         Examples Hypothesis may run to shrink a failure.
     fail_fast : bool, default False
         Stop after the first failing feature.
+    errors : {"exact", "type"}, optional
+        The error contract: the reference's exception type and message ("exact", the default of the strict
+        profile), or its type only ("type", the default of the practical profile; for ports in other languages).
+    profile : {"strict", "practical"}, default "strict"
+        "practical" draws input rows of realistic magnitudes only (:data:`PROFILES`), so that a port's author sees
+        first whether the math is right; "strict" covers the whole input space.
 
     Returns
     -------
@@ -478,19 +562,29 @@ def verify(target, framework: str = "numpy", max_examples: Optional[int] = None,
     adapter = get_adapter(framework)
     if max_examples is None:
         max_examples = DEFAULT_MAX_EXAMPLES[adapter.framework]
-    path = target_path(fn) or (target if isinstance(target, str) and ":" in target else None)
+    path = (getattr(fn, "command", None) if adapter.framework == "command" else None) or target_path(fn) or (
+        target if isinstance(target, str) and ":" in target else None)
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}; got {profile!r}")
+    errors = errors or ("type" if profile == "practical" else "exact")
+    if errors not in ("exact", "type"):
+        raise ValueError(f"errors must be 'exact' or 'type'; got {errors!r}")
     want_grad = adapter.has_autodiff or NumpyAdapter.twin(fn) is not None
     grads_mode = ("autodiff" if adapter.has_autodiff else
                   ("closed form (*_and_grad twin)" if want_grad else "not checked: no *_and_grad twin"))
     report = Report(target=path or repr(fn), framework=adapter.framework, framework_version=adapter.version(),
                     device=adapter.device(), spec_version=hardneg.SPEC_VERSION, seed=int(seed),
-                    max_examples=int(max_examples), gradients=grads_mode)
+                    max_examples=int(max_examples), gradients=grads_mode, errors=errors, profile=profile)
     dts = tuple(dtypes) if dtypes is not None else ("float64", "float32", "float16", "bfloat16")
     with adapter.context():
         supported = _probe(fn, adapter, want_grad, dts)
     base = "float64" if supported["float64"] else "float32"
     ctx = _Ctx(target=fn, adapter=adapter, path=path, want_grad=want_grad, supported=supported, base=base,
-               seed=int(seed), shrink_budget=int(shrink_budget), progress=progress)
+               seed=int(seed), shrink_budget=int(shrink_budget), progress=progress, errors=errors, profile=profile,
+               sizes="few" if adapter.framework in COMPILING and max_examples < FEW_SIZES_BELOW else "all")
+    if ctx.sizes == "few":
+        report.notes.append(f"sizes drawn from conformance.strategies.FEW_SIZES ({adapter.framework} compiles each "
+                            f"new shape; --max-examples {FEW_SIZES_BELOW} or more draws every size)")
     if not supported["float64"]:
         report.notes.append("float64 not supported: the numeric features run in float32")
     counts = _counts(max_examples)
@@ -499,9 +593,21 @@ def verify(target, framework: str = "numpy", max_examples: Optional[int] = None,
     if unknown:
         raise ValueError(f"unknown features {unknown}; choose from {list(FEATURES)}")
 
+    jsd_target = _jsd.find_target(fn)
+    jsd_path = target_path(jsd_target) if jsd_target is not None else None
+    if adapter.framework == "command":
+        jsd_path = path  # the port's command
     for name in names:
         fres = FeatureResult(name, FEATURES[name])
         report.features.append(fres)
+        if name in _jsd.FEATURES:  # the graph objective runs on the jsd_loss next to the target
+            t0 = time.perf_counter()
+            _jsd.run_feature(ctx, fres, name, _jsd.counts(max_examples).get(name, max_examples), jsd_target,
+                             jsd_path)
+            fres.notes.append(f"{time.perf_counter() - t0:.1f} s")
+            if fail_fast and fres.status == FAILED:
+                break
+            continue
         opt = _OPTION_OF.get(name)
         if name in ("float16", "bfloat16", "float32") and name not in dts:
             fres.status, fres.notes = SKIPPED, ["dtype not requested"]
@@ -523,19 +629,33 @@ def verify(target, framework: str = "numpy", max_examples: Optional[int] = None,
             modes += ["ntxent_hard"] if supported["clamp_off"] else []
             modes += ["beta_inf", "exact_ties"] if supported["beta_inf"] and has_ties else []
             sp = replace(space, normalizes=(True,), estimators=("hard",), clamps=(True,), betas="finite")
+            cross_sp = replace(sp, layouts=("cross",), temperature_grad=(False,))
+            spaces = {"clip": replace(cross_sp, banks=("none",), symmetric=(True,)),
+                      "mnrl": replace(cross_sp, banks=("shared",) if supported["cross_bank_shared"] else ("none",),
+                                      symmetric=(False,))}
+            modes += ["clip"] if supported["cross"] and supported["easy"] else []
+            modes += ["mnrl"] if supported["cross_oneway"] and supported["easy"] else []
             for mode in dict.fromkeys(modes):  # each special case gets its share of the examples
-                _run_hypothesis(ctx, fres, hst.tuples(cases(sp), hst.just(mode), hst.integers(0, 63)), body,
-                                max(1, n // len(set(modes))))
+                _run_hypothesis(ctx, fres, hst.tuples(cases(spaces.get(mode, sp)), hst.just(mode),
+                                                      hst.integers(0, 63)), body, max(1, n // len(set(modes))))
                 if fres.status == FAILED:
                     break
         elif name == "invariances":
             _run_hypothesis(ctx, fres, hst.tuples(cases(space), hst.sampled_from(["permutation", "rescaling"]),
                                                   hst.integers(0, 2**31)), _invariance_body(ctx), n)
         elif name == "nonfinite":
-            _run_hypothesis(ctx, fres, hst.tuples(cases(space), hst.sampled_from(["nan", "inf", "-inf"]),
+            kinds = ["nan", "inf", "-inf"] + (list(checks.BAD_TEMPERATURES) if supported["temperature_tensor"] else [])
+            _run_hypothesis(ctx, fres, hst.tuples(cases(space), hst.sampled_from(kinds),
                                                   hst.integers(0, 2**31)), _nonfinite_body(ctx), n)
         elif name == "determinism":
             _run_hypothesis(ctx, fres, cases(space), _determinism_body(ctx), n)
+        elif name == "temperature_grad":
+            # half the examples where the clamp floor M e^{-1/t} binds (aligned pairs, large tau+): its own term
+            # of d loss / d t (spec 1.1 section 8) is then exercised, not only the logits' term
+            floor = replace(space, geometries=("aligned",), taus="high", estimators=("hard",), clamps=(True,))
+            _run_hypothesis(ctx, fres, cases(floor), _compare_body(ctx, name), max(1, n // 2))
+            if fres.status != FAILED:
+                _run_hypothesis(ctx, fres, cases(space), _compare_body(ctx, name), max(1, n - n // 2))
         else:
             _run_hypothesis(ctx, fres, cases(space), _compare_body(ctx, name), n)
         fres.notes.append(f"{time.perf_counter() - t0:.1f} s")

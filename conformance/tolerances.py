@@ -77,6 +77,25 @@ For anchor ``i``: logits ``s_ij`` (negatives ``j``), positive logit ``a_i``, ``M
    ``tiny_c (1 + |c_i|)`` on every entry of ``G``, cover flush-to-zero of intermediates before and after the
    division by ``N``).  The returned gradient carries ``u_o (|g| + dg_z) + tiny_o``.
 
+   The cross layout (spec 1.1) reads one B x B matrix ``C = u1 u2^T / t`` from both directions: ``|C|``-bounds
+   collect direction 1's rows and direction 2's columns, ``Cbar = |G1| + diag|g1| + (|G2| + diag|g2|)^T``
+   (likewise ``dCbar``), and ``gu1 = (Cbar |u2| + |G1_bank| |V|) / t``, ``gu2 = Cbar^T |u1| / t`` with the
+   summation terms ``u (B + K + 3 + c_U)`` and ``u (B + 3 + c_U)``; the bank as with a bank.
+
+6. The temperature's gradient (spec 1.1).  ``dL/dt = -(1/t) [sum_ij G_ij s_ij + sum_i g_i a_i] + sum_i h_i / t^2``
+   with ``h_i = c_i dl_i/dphi_i`` on the floor (``= -c_i da_i``) and 0 elsewhere.  Each product is off by its
+   factors' errors (``dG_ij |s_ij| + |G_ij| eps_s,i``, ``dP_i |a_i| + |g_i| eps_s,i``), the sums by
+   ``u (n_terms + 4)`` times the sum of absolute values, ``h_i`` relatively by ``eta_i + 2u`` (it is formed like
+   ``da_i``), and each division by t by ``u``:
+
+       dT = [sum dG|S| + |G| eps_s + dP|a| + |g| eps_s + u (n + A + 4) S_abs] / t
+            + [sum dh + u (A + 3) sum|h|] / t^2 + 3u (S_abs / t + sum|h| / t^2),
+
+   ``S_abs = sum |G||S| + sum |g||a|``.  The slack of section 5 (ties, ill-conditioned anchors, many kink
+   anchors) enters through ``dG``, ``dP`` and ``|c_i| |da_i|`` on ``h``; at an enumerated kink the other
+   branch's d/dt (its logits' terms and the floor's own term ``-c_i da_f / t^2``) is one more alternative.
+   The returned scalar carries ``u_o (|dL/dt| + dT) + tiny_o`` in the temperature tensor's dtype.
+
 5. Where the result is not determined by the inputs' bits.  These regimes stay in the suite; only the
    contribution that is genuinely ambiguous is relaxed:
 
@@ -206,6 +225,24 @@ def _backprop(lay: dict, case: Case, Gneg: np.ndarray, gpos: np.ndarray) -> Dict
         B = n // 2
         return {"z1": gz[:B], "z2": gz[B:]}
     u1, u2, V = lay["u1"], lay["u2"], lay["V"]
+    if lay["kind"] == "cross":
+        # both directions read C = u1 u2^T / t: direction 1 by rows (then the bank), direction 2 by columns
+        B = u1.shape[0]
+        dC = Gneg[:B, :B] + np.diag(gpos[:B])
+        if lay["sym"]:
+            dC = dC + (Gneg[B:, :B] + np.diag(gpos[B:])).T
+        g1, g2 = dC @ u2, dC.T @ u1
+        out = {}
+        if V is not None:
+            Gb = Gneg[:B, B:]
+            if V.ndim == 2:
+                g1, gV = g1 + Gb @ V, Gb.T @ u1
+            else:
+                g1, gV = g1 + np.einsum("bk,bkd->bd", Gb, V), Gb[:, :, None] * u1[:, None, :]
+            out["negatives"] = _norm_backward(gV / t, V, lay["NV"])
+        out["z1"] = _norm_backward(g1 / t, u1, lay["N1"])
+        out["z2"] = _norm_backward(g2 / t, u2, lay["N2"])
+        return out
     if V.ndim == 2:
         g1, gV = Gneg @ V, Gneg.T @ u1
     else:
@@ -217,10 +254,57 @@ def _backprop(lay: dict, case: Case, Gneg: np.ndarray, gpos: np.ndarray) -> Dict
     }
 
 
+def _cross_layout(case: Case):
+    """Cross layout (spec 1.1 section 3): direction 1's anchors u1 against [u2; bank], then (symmetric) direction
+    2's anchors u2 against u1 only, padded to the same number of columns (the padding is never a negative)."""
+    p = case.params
+    t = float(p["temperature"])
+    B = case.z1.shape[0]
+    sym = case.symmetric
+    u1, N1 = _normalize(case.z1, p["normalize"])
+    u2, N2 = _normalize(case.z2, p["normalize"])
+    V = NV = None
+    C = u1 @ u2.T / t
+    a = np.diagonal(C).copy()
+    maskc = ~np.eye(B, dtype=bool)
+    if case.labels is not None:
+        maskc &= case.labels[:, None] != case.labels[None, :]
+    n1, n2 = np.linalg.norm(u1, axis=1), np.linalg.norm(u2, axis=1)
+    S1, m1 = C, maskc
+    nv1 = np.broadcast_to(n2[None, :], (B, B))
+    if case.negatives is not None:
+        V, NV = _normalize(case.negatives, p["normalize"])
+        if V.ndim == 2:
+            Sb = u1 @ V.T / t
+            nvb = np.broadcast_to(np.linalg.norm(V, axis=1)[None, :], Sb.shape)
+        else:
+            Sb = np.einsum("bd,bkd->bk", u1, V) / t
+            nvb = np.linalg.norm(V, axis=2)
+        maskb = np.ones(Sb.shape, dtype=bool)
+        if case.labels is not None:
+            nl = case.negative_labels if V.ndim == 3 else case.negative_labels[None, :]
+            maskb &= case.labels[:, None] != nl
+        S1, m1 = np.concatenate([C, Sb], axis=1), np.concatenate([maskc, maskb], axis=1)
+        nv1 = np.concatenate([nv1, nvb], axis=1)
+    P1 = n1 * np.maximum(np.where(m1, nv1, 0.0).max(axis=1, initial=0.0), n2)
+    S, mask, aa, P = S1, m1, a, P1
+    if sym:
+        width = S1.shape[1]
+        pad = np.zeros((B, width - B))
+        S2 = np.concatenate([C.T, pad], axis=1)
+        m2 = np.concatenate([maskc.T, np.zeros((B, width - B), dtype=bool)], axis=1)
+        P2 = n2 * np.maximum(np.where(maskc.T, n1[None, :], 0.0).max(axis=1, initial=0.0), n1)
+        S, mask = np.concatenate([S1, S2]), np.concatenate([m1, m2])
+        aa, P = np.concatenate([a, a]), np.concatenate([P1, P2])
+    return dict(kind="cross", sym=sym, u1=u1, u2=u2, V=V, N1=N1, N2=N2, NV=NV, S=S, a=aa, mask=mask, P=P)
+
+
 def _layout(case: Case):
     p = case.params
     t = float(p["temperature"])
     B = case.z1.shape[0]
+    if case.layout == "cross":
+        return _cross_layout(case)
     if case.negatives is None:
         Z = np.concatenate([case.z1, case.z2])
         U, N = _normalize(Z, p["normalize"])
@@ -332,13 +416,20 @@ def _cot_weights(case: Case, signed: bool = True) -> np.ndarray:
 
 
 def spec_gradient(case: Case) -> Dict[str, np.ndarray]:
-    """The gradient of spec section 8 recomputed here in float64 (finite inputs; anchors without negatives: 0)."""
+    """The gradient of spec section 8 recomputed here in float64 (finite inputs; anchors without negatives: 0),
+    with ``"temperature"``: d loss / d t through the logits and the clamp floor."""
     lay = _layout(case)
     q = anchor_quantities(case, lay)
     cw = _cot_weights(case)
+    t = float(case.params["temperature"])
     with np.errstate(all="ignore"):
         G = np.where(q.mask & q.has[:, None], cw[:, None] * q.rho[:, None] * q.w, 0.0)
-    return _backprop(lay, case, G, cw * q.da)
+        gpos = cw * q.da
+        h = np.where(q.floor, -gpos, 0.0)  # on the floor d l / d lf = -d l / d a
+        dt = -(np.sum(np.where(q.mask, G * q.S, 0.0)) + np.sum(gpos * q.a)) / t + np.sum(h) / t**2
+    out = _backprop(lay, case, G, gpos)
+    out["temperature"] = np.asarray(dt)
+    return out
 
 
 def _fin(v):
@@ -505,6 +596,37 @@ def bounds(case: Case, reference_value=None, reference_grads=None, want_grad: bo
         dgu = (dH @ Ua + u * (n + 2 + c_U) * (H @ Ua)) / t
         gz = _norm_back(dgu, gabs, lay["U"], lay["N"], normalize, d, u, tiny_c, n)
         grads["z1"], grads["z2"] = gz[:B], gz[B:]
+    elif lay["kind"] == "cross":
+        B = case.z1.shape[0]
+        u1a, u2a = np.abs(lay["u1"]), np.abs(lay["u2"])
+        # the B x B logits C = u1 u2^T / t collect direction 1's rows and direction 2's columns
+        Cabs = Gabs[:B, :B] + np.diag(Pabs[:B])
+        dCm = dG[:B, :B] + np.diag(dP[:B])
+        if lay["sym"]:
+            Cabs = Cabs + (Gabs[B:, :B] + np.diag(Pabs[B:])).T
+            dCm = dCm + (dG[B:, :B] + np.diag(dP[B:])).T
+        gv1, dv1, n1 = Cabs @ u2a, dCm @ u2a, B
+        gv2, dv2 = Cabs.T @ u1a, dCm.T @ u1a
+        if lay["V"] is not None:
+            Va = np.abs(lay["V"])
+            Gb, dGb = Gabs[:B, B:], dG[:B, B:]
+            K = Gb.shape[1]
+            shared = lay["V"].ndim == 2
+            if shared:
+                gv1, dv1 = gv1 + Gb @ Va, dv1 + dGb @ Va
+                gVa, dVa = Gb.T @ u1a, dGb.T @ u1a
+            else:
+                gv1 = gv1 + np.einsum("bk,bkd->bd", Gb, Va)
+                dv1 = dv1 + np.einsum("bk,bkd->bd", dGb, Va)
+                gVa, dVa = Gb[:, :, None] * u1a[:, None, :], dGb[:, :, None] * u1a[:, None, :]
+            n1 += K
+            gV = gVa / t
+            dV = (dVa + u * ((B if shared else 1) + 2 + c_U) * gVa) / t
+            grads["negatives"] = _norm_back(dV, gV, lay["V"], lay["NV"], normalize, d, u, tiny_c, B)
+        g1, d1 = gv1 / t, (dv1 + u * (n1 + 3 + c_U) * gv1) / t
+        g2, d2 = gv2 / t, (dv2 + u * (B + 3 + c_U) * gv2) / t
+        grads["z1"] = _norm_back(d1, g1, lay["u1"], lay["N1"], normalize, d, u, tiny_c, n1)
+        grads["z2"] = _norm_back(d2, g2, lay["u2"], lay["N2"], normalize, d, u, tiny_c, B)
     else:
         K = q.S.shape[1]
         u1a, u2a, Va = np.abs(lay["u1"]), np.abs(lay["u2"]), np.abs(lay["V"])
@@ -524,8 +646,35 @@ def bounds(case: Case, reference_value=None, reference_grads=None, want_grad: bo
         grads["z1"] = _norm_back(d1, g1, lay["u1"], lay["N1"], normalize, d, u, tiny_c, K + 1)
         grads["z2"] = _norm_back(d2, g2, lay["u2"], lay["N2"], normalize, d, u, tiny_c, 1)
         grads["negatives"] = _norm_back(dV, gV, lay["V"], lay["NV"], normalize, d, u, tiny_c, A)
+    if case.temperature_grad:
+        # d loss / d t = -(1/t) [sum_ij G_ij s_ij + sum_i g_i a_i] + sum_i h_i / t^2 (spec 1.1 section 8), h_i the
+        # cotangent-weighted derivative in the log floor (on the floor only). Each product is off by the error of
+        # its factors (dG, dP above; eps_s for a logit), the sums by their length, the divisions by u each.
+        Sa = np.where(q.mask & q.has[:, None], np.abs(q.S), 0.0)
+        aa = np.where(q.has, np.abs(q.a), 0.0)
+        big = float(np.sum(Gabs * Sa) + np.sum(Pabs * aa))
+        err = float(np.sum(dG * Sa) + np.sum(Gabs * eps_s[:, None]) + np.sum(dP * aa) + np.sum(Pabs * eps_s))
+        err += u * (q.mask.sum() + A + 4) * big
+        Habs = np.where(q.floor, c * np.abs(q.da), 0.0)
+        dH = Habs * (eta + 2 * u) + np.where(q.has, tiny_c * (1 + c), 0.0)
+        loose = ill | (enum if enum.sum() > MAX_BRANCH_ENUMERATION else np.zeros_like(enum))
+        dH = dH + np.where(loose, c * da_e, 0.0)
+        hsum = float(np.sum(Habs))
+        terr = err / t + (float(np.sum(dH)) + u * (A + 3) * hsum) / t**2 + 3 * u * (big / t + hsum / t**2)
+        grads["temperature"] = np.asarray(terr)
+        if alternatives:
+            csigned = _cot_weights(case, signed=True)
+            for alt, i in zip(alternatives, np.flatnonzero(enum)):
+                sign = 1.0 if q.floor[i] else -1.0
+                gsum = sign * csigned[i] * (rho_u[i] * float(np.sum(np.where(q.mask[i], q.w[i] * q.S[i], 0.0)))
+                                            + (-rho_u[i] - da_f[i]) * q.a[i])
+                # the floor's own term: present on the floor branch (h = -da_f), absent off it
+                alt["temperature"] = np.asarray(-gsum / t + sign * csigned[i] * da_f[i] / t**2)
     for k in list(grads):
-        ref = getattr(rg, k) if rg is not None else None
+        if k == "temperature":
+            ref = None if rg is None else np.asarray(rg.temperature, dtype=np.float64)
+        else:
+            ref = getattr(rg, k) if rg is not None else None
         extra = u_o * _fin(ref) if ref is not None else 0.0
         grads[k] = grads[k] * (1 + u_o) + extra + tiny_o
     out.grads = grads

@@ -7,10 +7,14 @@ Framework backends live in ``hardneg_torch``, ``hardneg_jax`` and ``hardneg_tf``
 """
 
 from .reference import Grads, hcl_loss, hcl_loss_and_grad
+from .jsd import JsdGrads, jsd_loss, jsd_loss_and_grad
 from .validation import UNKNOWN, Problem, check_call
 
 #: Version of docs/spec.md that this reference implements.
-SPEC_VERSION = "1.0"
-__version__ = "0.1.0"
+SPEC_VERSION = "1.1"
+__version__ = "0.2.0"
 
-__all__ = ["SPEC_VERSION", "hcl_loss", "hcl_loss_and_grad", "Grads", "check_call", "Problem", "UNKNOWN"]
+__all__ = [
+    "SPEC_VERSION", "hcl_loss", "hcl_loss_and_grad", "Grads", "check_call", "Problem", "UNKNOWN",
+    "jsd_loss", "jsd_loss_and_grad", "JsdGrads",
+]

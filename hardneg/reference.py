@@ -18,14 +18,17 @@ __all__ = ["hcl_loss", "hcl_loss_and_grad", "Grads", "dtype_name"]
 
 
 class Grads(NamedTuple):
-    """Gradients of the reduced loss (times the cotangent) with respect to each array input.
+    """Gradients of the reduced loss (times the cotangent) with respect to each input.
 
     ``negatives`` is ``None`` when no bank was given. Each array has its input's shape and is float64.
+    ``temperature`` (spec 1.1) is d loss / d t, a float64 scalar, through every logit and through the
+    clamp floor M e^{-1/t} (docs/spec.md §8).
     """
 
     z1: np.ndarray
     z2: np.ndarray
     negatives: Optional[np.ndarray]
+    temperature: float = float("nan")
 
 
 def dtype_name(x: Any) -> Optional[str]:
@@ -79,7 +82,8 @@ def _rows(S, mask, a, M, *, temperature, beta, tau_plus, estimator, clamp):
 
     Returns
     -------
-    loss : (A,), dloss/da : (A,), dloss/dS : (A, C) (zero off the mask).
+    loss : (A,), dloss/da : (A,), dloss/dS : (A, C) (zero off the mask),
+    dloss/dlf : (A,), the derivative with respect to the log floor lf = log M - 1/t (zero off the floor).
     """
     A = S.shape[0]
     t = float(temperature)
@@ -122,7 +126,8 @@ def _rows(S, mask, a, M, *, temperature, beta, tau_plus, estimator, clamp):
             g = np.where(floor, lf, gu)
             delta = np.logaddexp(0.0, g - a)
             rho = np.where(floor, 0.0, np.exp(lr - log1m_tau - a - delta))
-            da = np.where(floor, -np.exp(lf - a - delta), -rho)
+            dlf = np.where(floor, np.exp(lf - a - delta), 0.0)  # d softplus(lf - a) / d lf
+            da = -dlf - rho
         else:
             # Ng_u <= 0 is possible: D = e^a + Ng_u = e^a - N'/(1 - tau+), N' = tau+ M e^a - R >= 0.
             logNp = np.log(tau) + logM + a + _log1mexp(-np.maximum(x, 0.0)) if tau > 0.0 else np.full(A, -np.inf)
@@ -131,27 +136,25 @@ def _rows(S, mask, a, M, *, temperature, beta, tau_plus, estimator, clamp):
             delta = np.where(ng_pos, np.logaddexp(0.0, gu - a), delta_neg)
             rho = np.exp(lr - log1m_tau - a - delta)
             da = -rho
+            dlf = np.zeros(A)
         loss = delta
 
         loss = np.where(has, loss, 0.0)
         da = np.where(has, da, 0.0)
+        dlf = np.where(has, dlf, 0.0)
         dS = np.where(has[:, None] & mask, rho[:, None] * w, 0.0)
         dS = np.where((has & np.isnan(rho))[:, None], np.nan, dS)
-    return loss, da, dS
+    return loss, da, dS, dlf
 
 
 # ---------------------------------------------------------------------------------------------
 # Layouts: which similarities each anchor sees (spec section 3).
 
 
-def _evaluate(z1, z2, negatives, labels, negative_labels, problem: Problem, hp: dict, want_grad: bool, cot):
-    t = float(hp["temperature"])
-    norm = hp["normalize"]
-    ident = lambda z: (z, lambda g: g)  # noqa: E731
-    nrm = _normalize if norm else ident
+def _directions(z1, z2, negatives, labels, negative_labels, problem: Problem, t: float, nrm):
+    """The anchor blocks of the layout: a list of (S, mask, a) and the data to map gradients back to rows."""
     B = problem.batch
-
-    if problem.bank == "none":
+    if problem.layout == "in_batch":
         U, back_U = nrm(np.concatenate([z1, z2], axis=0))
         n = 2 * B
         S = U @ U.T / t
@@ -164,31 +167,62 @@ def _evaluate(z1, z2, negatives, labels, negative_labels, problem: Problem, hp: 
         if labels is not None:
             lab = np.concatenate([labels, labels])
             mask &= lab[:, None] != lab[None, :]
-    else:
-        u1, back1 = nrm(z1)
-        u2, back2 = nrm(z2)
+        return [(S, mask, a)], dict(U=U, back_U=back_U, idx=idx, partner=partner)
+
+    u1, back1 = nrm(z1)
+    u2, back2 = nrm(z2)
+    ctx = dict(u1=u1, u2=u2, back1=back1, back2=back2, V=None, backV=None)
+    Sb = maskb = None
+    if problem.bank != "none":
         V, backV = nrm(negatives)
-        a = np.sum(u1 * u2, axis=1) / t
-        if problem.bank == "shared":
-            S = u1 @ V.T / t
-        else:
-            S = np.einsum("bd,bkd->bk", u1, V) / t
-        mask = np.ones(S.shape, dtype=bool)
+        ctx.update(V=V, backV=backV)
+        Sb = u1 @ V.T / t if problem.bank == "shared" else np.einsum("bd,bkd->bk", u1, V) / t
+        maskb = np.ones(Sb.shape, dtype=bool)
         if labels is not None:
             nl = negative_labels if problem.bank == "per_anchor" else negative_labels[None, :]
-            mask &= labels[:, None] != nl
-    M = mask.sum(axis=1)
-    loss, da, dS = _rows(
-        S,
-        mask,
-        a,
-        M,
-        temperature=t,
-        beta=hp["beta"],
-        tau_plus=hp["tau_plus"],
-        estimator=hp["estimator"],
-        clamp=hp["clamp"],
-    )
+            maskb &= labels[:, None] != nl
+    if problem.layout == "bank":
+        a = np.sum(u1 * u2, axis=1) / t
+        return [(Sb, maskb, a)], ctx
+
+    # cross: anchor u1[i], candidates u2[0..B-1] (+ bank), positive u2[i]; reverse: anchor u2[i], candidates u1.
+    C = u1 @ u2.T / t
+    a = np.diagonal(C).copy()
+    maskc = ~np.eye(B, dtype=bool)
+    if labels is not None:
+        maskc &= labels[:, None] != labels[None, :]
+    if Sb is None:
+        blocks = [(C, maskc, a)]
+    else:
+        blocks = [(np.concatenate([C, Sb], axis=1), np.concatenate([maskc, maskb], axis=1), a)]
+    if problem.symmetric:
+        blocks.append((C.T, maskc.T, a))
+    return blocks, ctx
+
+
+def _evaluate(z1, z2, negatives, labels, negative_labels, problem: Problem, hp: dict, want_grad: bool, cot):
+    t = float(hp["temperature"])
+    norm = hp["normalize"]
+    ident = lambda z: (z, lambda g: g)  # noqa: E731
+    nrm = _normalize if norm else ident
+    B = problem.batch
+
+    blocks, ctx = _directions(z1, z2, negatives, labels, negative_labels, problem, t, nrm)
+    parts = [
+        _rows(
+            S,
+            mask,
+            a,
+            mask.sum(axis=1),
+            temperature=t,
+            beta=hp["beta"],
+            tau_plus=hp["tau_plus"],
+            estimator=hp["estimator"],
+            clamp=hp["clamp"],
+        )
+        for S, mask, a in blocks
+    ]
+    loss = np.concatenate([p[0] for p in parts])
 
     reduction = hp["reduction"]
     if reduction == "mean":
@@ -206,29 +240,56 @@ def _evaluate(z1, z2, negatives, labels, negative_labels, problem: Problem, hp: 
     else:
         c0 = 1.0 if cot is None else float(np.asarray(cot, dtype=np.float64))
         c = np.full(A, c0 / A if reduction == "mean" else c0)
+
+    # Scale each block's gradients by its anchors' cotangents; d loss / d t through every logit
+    # (s = u.v / t, so ds/dt = -s/t) and through the log floor lf = log M - 1/t (dlf/dt = 1/t^2).
+    scaled, dt, start = [], 0.0, 0
     with np.errstate(invalid="ignore"):
-        da = da * c
-        dS = dS * c[:, None]
-    if problem.bank == "none":
+        for (S, mask, a), (_, da, dS, dlf) in zip(blocks, parts):
+            cb = c[start : start + S.shape[0]]
+            start += S.shape[0]
+            da, dS, dlf = da * cb, dS * cb[:, None], dlf * cb
+            scaled.append((da, dS))
+            dt += -(np.sum(dS[mask] * S[mask]) + np.sum(da * a)) / t + np.sum(dlf) / (t * t)
+
+    if problem.layout == "in_batch":
+        (da, dS), = scaled
+        idx, partner, U = ctx["idx"], ctx["partner"], ctx["U"]
         G = dS.copy()
         G[idx, partner] += da
         gU = (G + G.T) @ U / t
-        gz = back_U(gU)
+        gz = ctx["back_U"](gU)
         g1, g2, gn = gz[:B], gz[B:], None
     else:
-        gu1 = (da[:, None] * u2) / t
-        gu2 = (da[:, None] * u1) / t
-        if problem.bank == "shared":
-            gu1 = gu1 + dS @ V / t
-            gV = dS.T @ u1 / t
+        u1, u2, V = ctx["u1"], ctx["u2"], ctx["V"]
+        da, dS = scaled[0]
+        if problem.layout == "bank":  # only the positive pairs link z1 and z2
+            dSb = dS
+            gu1 = (da[:, None] * u2) / t
+            gu2 = (da[:, None] * u1) / t
         else:
-            gu1 = gu1 + np.einsum("bk,bkd->bd", dS, V) / t
-            gV = dS[:, :, None] * u1[:, None, :] / t
-        g1, g2, gn = back1(gu1), back2(gu2), backV(gV)
+            dC = dS[:, :B] + np.diag(da)  # d loss / d C, C = u1 u2^T / t
+            dSb = dS[:, B:] if V is not None else None
+            if problem.symmetric:
+                da2, dS2 = scaled[1]
+                dC = dC + (dS2 + np.diag(da2)).T
+            gu1 = dC @ u2 / t
+            gu2 = dC.T @ u1 / t
+        gV = None
+        if V is not None:
+            if problem.bank == "shared":
+                gu1 = gu1 + dSb @ V / t
+                gV = dSb.T @ u1 / t
+            else:
+                gu1 = gu1 + np.einsum("bk,bkd->bd", dSb, V) / t
+                gV = dSb[:, :, None] * u1[:, None, :] / t
+        g1, g2 = ctx["back1"](gu1), ctx["back2"](gu2)
+        gn = None if gV is None else ctx["backV"](gV)
     if np.isnan(loss).any():  # spec 6.4: an undefined anchor makes every gradient undefined
         g1, g2 = np.full_like(g1, np.nan), np.full_like(g2, np.nan)
         gn = None if gn is None else np.full_like(gn, np.nan)
-    return value, Grads(g1, g2, gn)
+        dt = np.nan
+    return value, Grads(g1, g2, gn, np.float64(dt))
 
 
 def _prepare(z1, z2, negatives, labels, negative_labels, hp):
@@ -258,7 +319,7 @@ def _nonfinite_result(problem: Problem, hp: dict, z1, z2, negatives, want_grad):
     if not want_grad:
         return value, None
     nan = lambda x: None if x is None else np.full(x.shape, np.nan)  # noqa: E731
-    return value, Grads(nan(z1), nan(z2), nan(negatives))
+    return value, Grads(nan(z1), nan(z2), nan(negatives), np.float64(np.nan))
 
 
 def _run(z1, z2, negatives, labels, negative_labels, hp, want_grad, cot=None):
@@ -286,6 +347,8 @@ def hcl_loss(
     labels=None,
     negative_labels=None,
     reduction: str = "mean",
+    layout: Optional[str] = None,
+    symmetric: bool = True,
 ):
     r"""Hard-negative contrastive loss (Robinson et al., ICLR 2021), reference value in float64.
 
@@ -301,13 +364,16 @@ def hcl_loss(
     ``estimator="easy"`` uses :math:`Ng_i = \sum_j e^{s_{ij}}` (NT-Xent) and ignores beta, tau_plus, clamp.
     ``beta=0`` gives the debiased loss (Chuang et al., NeurIPS 2020); ``beta=0, tau_plus=0`` gives NT-Xent;
     ``beta=math.inf`` the worst-case limit :math:`R_i = M_i e^{\max_j s_{ij}}`. docs/spec.md is the full contract.
+    At ``estimator="easy"``, ``layout="cross"`` is CLIP's loss (``symmetric=True``) and sentence-transformers'
+    MultipleNegativesRankingLoss with scale 1/t (``symmetric=False``, hard negatives as a shared bank).
 
     Parameters
     ----------
     z1, z2 : array_like, shape (B, d), floating
         Two views; row k of z1 and row k of z2 form a positive pair.
     temperature : float, default 0.5
-        t > 0.
+        t > 0 (a real number; the backends also take a 0-d floating tensor and differentiate with respect to
+        it, docs/spec.md §1.1; here d loss / d t is ``hcl_loss_and_grad``'s ``grads.temperature``).
     beta : float, default 1.0
         Hardness, >= 0; ``math.inf`` allowed.
     tau_plus : float, default 0.1
@@ -318,14 +384,24 @@ def hcl_loss(
     normalize : bool, default True
         Use u = z / max(||z||_2, 1e-12); False uses z as given.
     negatives : array_like, shape (K, d) or (B, K, d), optional
-        Explicit bank (shared, or one per anchor). Anchors are then z1's rows, positives z2's rows, and
-        in-batch samples are not negatives.
+        Explicit bank (shared, or one per anchor). With the default layout, anchors are then z1's rows,
+        positives z2's rows, and in-batch samples are not negatives; with ``layout="cross"`` the bank rows
+        are extra candidates after z2's rows.
     labels : array_like of int, shape (B,), optional
         Samples sharing the anchor's label are removed from its negatives.
     negative_labels : array_like of int, shape (K,) or (B, K), optional
         Labels of the bank rows; required with ``labels`` when a bank is given.
     reduction : {"mean", "sum", "none"}, default "mean"
-        "none" returns the per-anchor losses: shape (2B,) in z1-then-z2 order, or (B,) with a bank.
+        "none" returns the per-anchor losses: shape (2B,) in z1-then-z2 order, or (B,) with a bank
+        (layout "bank") or with ``layout="cross", symmetric=False``.
+    layout : {None, "in_batch", "bank", "cross"}, default None
+        Which rows are anchors and candidates (docs/spec.md §3). ``None``: "in_batch" without ``negatives``
+        (SimCLR: both views are anchors and candidates), "bank" with them (MoCo: z1's anchors, bank negatives).
+        "cross" (CLIP, sentence-transformers): anchor z1[i], candidates z2's rows then the bank rows, positive
+        z2[i]; every other candidate is a negative (M = B - 1 + K).
+    symmetric : bool, default True
+        Cross layout only: also use the reverse direction (anchor z2[i], candidates z1's rows, no bank), as
+        CLIP does. ``False`` with another layout raises ValueError.
 
     Returns
     -------
@@ -344,6 +420,8 @@ def hcl_loss(
         clamp=clamp,
         normalize=normalize,
         reduction=reduction,
+        layout=layout,
+        symmetric=symmetric,
     )
     return _run(z1, z2, negatives, labels, negative_labels, hp, want_grad=False)[0]
 
@@ -362,6 +440,8 @@ def hcl_loss_and_grad(
     labels=None,
     negative_labels=None,
     reduction: str = "mean",
+    layout: Optional[str] = None,
+    symmetric: bool = True,
     cotangent=None,
 ):
     """Value of :func:`hcl_loss` and its closed-form gradients (docs/spec.md, section 5).
@@ -373,7 +453,8 @@ def hcl_loss_and_grad(
     -------
     value : float64 scalar or (n_anchors,) array
     grads : Grads
-        ``grads.z1`` (B, d), ``grads.z2`` (B, d), ``grads.negatives`` (bank's shape, or None);
+        ``grads.z1`` (B, d), ``grads.z2`` (B, d), ``grads.negatives`` (bank's shape, or None),
+        ``grads.temperature`` (a float64 scalar, d loss / d t through every logit and the clamp floor);
         the vector-Jacobian product of the cotangent, in float64.
     """
     hp = dict(
@@ -384,5 +465,7 @@ def hcl_loss_and_grad(
         clamp=clamp,
         normalize=normalize,
         reduction=reduction,
+        layout=layout,
+        symmetric=symmetric,
     )
     return _run(z1, z2, negatives, labels, negative_labels, hp, want_grad=True, cot=cotangent)

@@ -7,6 +7,11 @@ the rows (spec section 8):
 in-batch     gU[I] += G_I U,  gU += G_I^T U_I       (G is never formed beyond the block)
 shared bank  gu1[I] += G_I V, gV += G_I^T u1_I
 per anchor   gu1[I] += G_I V_I (batched), gV[I] = G_I (x) u1_I
+cross        anchors X = u1, candidates C = [u2; shared bank] (+ a per-anchor bank's own rows):
+             gX[I] += G_I C, gC += G_I^T X_I; symmetric: a second walk with X = u2, C = u1 (no bank)
+
+The cross layout's reverse direction needs the column statistics of the same similarities; the second walk
+recomputes them block by block (one more (R x C) product per block) instead of holding a (B x B) array.
 
 The last block starts at ``A - R`` (so every slice is in bounds and nothing is padded); its rows that the
 previous block already covered are masked out (no negatives: zero loss, zero gradient).
@@ -26,7 +31,8 @@ from jax import lax
 
 from .rows import Needs, Statics, block_rows
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "LIVE_ROWS", "rows_per_block", "Inputs", "PassOut", "run_pass"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "DEFAULT_CROSS_BUDGET", "LIVE_ROWS", "rows_per_block", "Inputs", "PassOut",
+           "run_pass"]
 
 #: Default transient working memory of the blocked computation, in bytes (``memory_budget=None``) ...
 DEFAULT_MEMORY_BUDGET = 16 * 2**20
@@ -36,9 +42,14 @@ DEFAULT_MEMORY_BUDGET = 16 * 2**20
 DEFAULT_MIN_ROWS = 128
 #: (R, C) compute-dtype arrays live at once in a block (similarities, two exponentials, gradient, XLA temporaries).
 LIVE_ROWS = 4
+#: Default budget of each direction of the cross layout: with C = B = 4096 candidates it gives 128-row blocks
+#: (the 16 MiB default would give 240), as fast (0.33 s per forward+backward step either way, 2 CPU cores)
+#: with half the working memory, which keeps the cross layout's peak a tenth of the naive CLIP-style program's.
+DEFAULT_CROSS_BUDGET = DEFAULT_MEMORY_BUDGET // 2
 
 
-def rows_per_block(n_anchors: int, n_cols: int, itemsize: int, budget: Optional[int], per_row_extra: int = 0) -> int:
+def rows_per_block(n_anchors: int, n_cols: int, itemsize: int, budget: Optional[int], per_row_extra: int = 0,
+                   default: int = DEFAULT_MEMORY_BUDGET) -> int:
     """Anchor rows per block so that the block's working set fits ``budget`` bytes.
 
     Parameters
@@ -49,6 +60,7 @@ def rows_per_block(n_anchors: int, n_cols: int, itemsize: int, budget: Optional[
     budget : bytes, or None for :data:`DEFAULT_MEMORY_BUDGET` (raised to fit :data:`DEFAULT_MIN_ROWS` rows
         of shared candidates).
     per_row_extra : further bytes per anchor row (a per-anchor bank's slice and gradient).
+    default : the budget used when ``budget`` is None (:data:`DEFAULT_CROSS_BUDGET` for the cross layout).
 
     Returns
     -------
@@ -57,7 +69,7 @@ def rows_per_block(n_anchors: int, n_cols: int, itemsize: int, budget: Optional[
     per_row = n_cols * (LIVE_ROWS * itemsize + 1) + per_row_extra  # + 1: the boolean mask
     if budget is None:
         # the floor helps blocks that share their candidates (in-batch, shared bank), not per-anchor banks
-        rows = max(DEFAULT_MEMORY_BUDGET // max(per_row, 1), DEFAULT_MIN_ROWS if not per_row_extra else 1)
+        rows = max(default // max(per_row, 1), DEFAULT_MIN_ROWS if not per_row_extra else 1)
     else:
         rows = int(budget) // max(per_row, 1)
     rows = max(1, min(n_anchors, rows))
@@ -72,6 +84,9 @@ class Inputs(NamedTuple):
     in-batch: ``U`` (n, d) = [u(z1); u(z2)] over the whole (gathered) batch; ``anchors`` (A,) int32 global row
     of each local anchor (z1 rows then z2 rows); ``lab`` (n,) labels or None.
     bank: ``U`` = u1 (B, d), ``U2`` = u2 (B, d), ``V`` (K, d) or (B, K, d); ``lab`` (B,), ``nlab`` (K,) or (B, K).
+    cross: ``U`` = u1 (n, d), ``U2`` = u2 (n, d) over the whole (gathered) batch, ``V`` the bank or None (a
+    per-anchor bank holds the local anchors' rows), ``lab`` (n,), ``nlab``; the local pairs are rows
+    ``row0 + [0, B_l)``.
     """
 
     U: jax.Array
@@ -81,6 +96,7 @@ class Inputs(NamedTuple):
     lab: Optional[jax.Array] = None
     nlab: Optional[jax.Array] = None
     half: int = 0  # in-batch: B (global pairs), so that partner(i) = (i + B) mod 2B
+    row0: object = 0  # cross: global row of this device's first pair (0 unless distributed)
 
 
 class PassOut(NamedTuple):
@@ -151,6 +167,8 @@ def run_pass(
     """
     base = _zero_like_all(x.U, x.U2, x.V, x.anchors, x.lab, x.nlab, t, beta, tau, c).astype(x.U.dtype)
     zeros = lambda shape: jnp.zeros(shape, x.U.dtype) + base  # noqa: E731
+    if st.cross:
+        return _cross(st, x, t, beta, tau, c, needs, zeros)
     if st.bank == "none":
         return _in_batch(st, x, t, beta, tau, c, needs, zeros)
     return _bank(st, x, t, beta, tau, c, needs, zeros)
@@ -276,3 +294,108 @@ def _add_rows(acc, start, rows):
     """acc[start:start + R] += rows (rows a block owns are 0 elsewhere, so overlapping blocks add nothing twice)."""
     cur = lax.dynamic_slice_in_dim(acc, start, rows.shape[0])
     return lax.dynamic_update_slice_in_dim(acc, cur + rows, start, 0)
+
+
+class _DirOut(NamedTuple):
+    loss: jax.Array
+    gX: Optional[jax.Array]
+    gY: Optional[jax.Array]
+    gV: Optional[jax.Array]
+    g_t: jax.Array
+    g_beta: jax.Array
+    g_tau: jax.Array
+
+
+def _cross_dir(st, R, X, Y, V, bank, row0, Bl, lab, nlab, t, beta, tau, c, needs, zeros) -> _DirOut:
+    """One direction of the cross layout: anchors ``X[row0 : row0 + Bl]`` against the candidates ``Y`` (n, d)
+    followed by the bank rows (``bank`` "shared": V (K, d); "per_anchor": V (Bl, K, d), anchor i's own rows);
+    the positive of local anchor i is ``Y[row0 + i]``. Gradients are w.r.t. X, Y (n, d) and V, already / t."""
+    n = Y.shape[0]
+    shared, per = bank == "shared", bank == "per_anchor"
+    XL = lax.dynamic_slice_in_dim(X, row0, Bl)
+    YL = lax.dynamic_slice_in_dim(Y, row0, Bl)
+    a_all = jnp.sum(XL * YL, axis=1) / t
+    C = jnp.concatenate([Y, V], axis=0) if shared else Y  # candidates shared by every anchor
+    cols = jnp.arange(C.shape[0], dtype=jnp.int32)
+    labL = None if lab is None else lax.dynamic_slice_in_dim(lab, row0, Bl)
+    clab = None if lab is None else (jnp.concatenate([lab, nlab.astype(lab.dtype)]) if shared else lab)
+    R = min(R, Bl)
+    nb = -(-Bl // R)
+    grad = c is not None
+    inv_t = 1.0 / t
+
+    def block(carry, b):
+        start, owned = _starts(b, R, Bl)
+        XI = lax.dynamic_slice_in_dim(XL, start, R)
+        XIt = XI * inv_t
+        S = _matmul_nt(XIt, C)
+        pos = row0 + start + jnp.arange(R, dtype=jnp.int32)  # global row of each anchor's positive column
+        mask = (cols[None, :] != pos[:, None]) & owned[:, None]
+        if lab is not None:
+            labI = lax.dynamic_slice_in_dim(labL, start, R)
+            mask = mask & (clab[None, :] != labI[:, None])
+        if per:
+            VI = lax.dynamic_slice_in_dim(V, start, R)
+            mask_b = jnp.broadcast_to(owned[:, None], VI.shape[:2])
+            if lab is not None:
+                mask_b = mask_b & (lax.dynamic_slice_in_dim(nlab, start, R) != labI[:, None])
+            S = jnp.concatenate([S, jnp.einsum("rd,rkd->rk", XIt, VI)], axis=1)
+            mask = jnp.concatenate([mask, mask_b], axis=1)
+        aI = lax.dynamic_slice_in_dim(a_all, start, R)
+        cI = None if not grad else jnp.where(owned, lax.dynamic_slice_in_dim(c, start, R), 0.0)
+        out = block_rows(S, mask, aI, t, beta, tau, st, cI, needs)
+        loss_acc = _add_rows(carry[0], start, out.loss)
+        if not grad:
+            return (loss_acc,), None
+        _, da_acc, gX, gC, gV, gt, gb, gtau = carry
+        da_acc = _add_rows(da_acc, start, out.da)
+        if needs.arrays:
+            dS = out.dS
+            if per:
+                dS, dSb = dS[:, : C.shape[0]], dS[:, C.shape[0]:]
+                gX = _add_rows(gX, start, dS @ C + jnp.einsum("rk,rkd->rd", dSb, VI))
+                gV = _add_rows(gV, start, dSb[:, :, None] * XI[:, None, :])
+            else:
+                gX = _add_rows(gX, start, dS @ C)
+            gC = gC + _matmul_tn(dS, XI)
+        ht, hb, htau = _hp_sums(out, needs, XL.dtype)
+        return (loss_acc, da_acc, gX, gC, gV, gt + ht, gb + hb, gtau + htau), None
+
+    z = zeros(())
+    if not grad:
+        (loss,), _ = lax.scan(block, (zeros((Bl,)),), jnp.arange(nb))
+        return _DirOut(loss, None, None, None, z, z, z)
+    arr = needs.arrays
+    init = (zeros((Bl,)), zeros((Bl,)), zeros(XL.shape) if arr else z, zeros(C.shape) if arr else z,
+            zeros(V.shape) if (arr and per) else z, z, z, z)
+    (loss, da, gXL, gC, gVp, gt, gb, gtau), _ = lax.scan(block, init, jnp.arange(nb))
+    if not arr:
+        return _DirOut(loss, None, None, None, gt, gb, gtau)
+    # the positives: G[i, row0 + i] = da_i, in both of their roles
+    gXL = gXL + da[:, None] * YL
+    gX = lax.dynamic_update_slice_in_dim(jnp.zeros_like(X), gXL, row0, 0) if Bl != n else gXL
+    gY = gC[:n]
+    gY = _add_rows(gY, row0, da[:, None] * XL)
+    gV = gC[n:] if shared else (gVp if per else None)
+    return _DirOut(loss, gX / t, gY / t, None if gV is None else gV / t, gt, gb, gtau)
+
+
+def _cross(st, x: Inputs, t, beta, tau, c, needs, zeros):
+    """Cross layout: anchors u1 against [u2; bank], and (symmetric) anchors u2 against u1."""
+    U1, U2 = x.U, x.U2
+    Bl = st.local_pairs if st.distributed else U1.shape[0]
+    row0 = x.row0
+    grad = c is not None
+    fwd = _cross_dir(st, st.block, U1, U2, x.V, st.bank, row0, Bl, x.lab, x.nlab, t, beta, tau,
+                     None if not grad else c[:Bl], needs, zeros)
+    if not st.symmetric:
+        return PassOut(fwd.loss, fwd.gX, fwd.gY, fwd.gV, fwd.g_t, fwd.g_beta, fwd.g_tau)
+    rev = _cross_dir(st, st.block_rev, U2, U1, None, "none", row0, Bl, x.lab, None, t, beta, tau,
+                     None if not grad else c[Bl:], needs, zeros)
+    loss = jnp.concatenate([fwd.loss, rev.loss])
+    if not grad:
+        return PassOut(loss)
+    gU1 = gU2 = None
+    if needs.arrays:
+        gU1, gU2 = fwd.gX + rev.gY, fwd.gY + rev.gX
+    return PassOut(loss, gU1, gU2, fwd.gV, fwd.g_t + rev.g_t, fwd.g_beta + rev.g_beta, fwd.g_tau + rev.g_tau)

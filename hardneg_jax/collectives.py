@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["Gathered", "axis_size", "gather_batch"]
+__all__ = ["Gathered", "axis_size", "gather_batch", "as_varying"]
 
 
 class Gathered(NamedTuple):
@@ -37,6 +37,29 @@ def axis_size(axis_name: Any) -> int:
             f"axis_name={axis_name!r} is not a mapped axis here: call hcl_loss inside jax.shard_map, jax.pmap "
             f"or jax.vmap over an axis of that name (or pass axis_name=None for single-device negatives)"
         ) from exc
+
+
+def as_varying(x: Optional[jax.Array], axis_name: Any) -> Optional[jax.Array]:
+    """Inside ``shard_map``, mark a value that is the same on every device (a replicated bank or temperature) as
+    varying over ``axis_name`` (``lax.pcast(..., to="varying")``, whose transpose is ``psum``).
+
+    The custom VJP returns a cotangent for it that depends on the device's anchors; JAX's manual-axis types
+    require the input to be varying for that, exactly as its own autodiff inserts the cast implicitly. Outside
+    ``shard_map`` (``pmap``, ``vmap``) there are no manual-axis types and ``x`` is returned unchanged.
+    """
+    if x is None:
+        return None
+    mat = getattr(jax.typeof(x), "mat", None)
+    if mat is None:
+        return x
+    for axis in axis_name if isinstance(axis_name, tuple) else (axis_name,):
+        if axis in mat.varying:
+            continue
+        try:
+            x = lax.pcast(x, axis, to="varying")
+        except ValueError:  # not under shard_map: nothing to mark
+            return x
+    return x
 
 
 def gather_batch(z1: jax.Array, z2: jax.Array, labels: Optional[jax.Array], axis_name: Any) -> Gathered:

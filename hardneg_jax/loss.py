@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hardneg.validation import UNKNOWN, check_call
+from hardneg.validation import UNKNOWN, check_call, check_temperature_tensor
 
 from . import collectives
-from .blocks import rows_per_block
+from .blocks import DEFAULT_CROSS_BUDGET, rows_per_block
 from .rows import Statics
 from .vjp import compute_dtype, hcl_core
 
@@ -52,6 +52,17 @@ def _hyper(name: str, v: Any):
         if dt.kind in "fiu":
             v = float(np.asarray(v))
     return v, v
+
+
+def _temperature(v):
+    """(value for check_call, is a tensor). A JAX array (traced or concrete) is a tensor temperature (spec 1.1):
+    its shape and dtype are checked, its value is not (no host sync; <= 0 or non-finite gives NaN)."""
+    if _is_tracer(v) or isinstance(v, jax.Array):
+        check_temperature_tensor(tuple(jnp.shape(v)), jnp.dtype(v.dtype).name)
+        return UNKNOWN, True
+    if isinstance(v, (np.ndarray, np.generic)) and np.ndim(v) == 0 and np.asarray(v).dtype.kind in "fiu":
+        v = float(np.asarray(v))
+    return v, False
 
 
 def _labels_for_jax(labels, negative_labels):
@@ -97,10 +108,12 @@ def hcl_loss(
     labels=None,
     negative_labels=None,
     reduction: str = "mean",
+    layout: Optional[str] = None,
+    symmetric: bool = True,
     memory_budget: Optional[int] = None,
     axis_name: Any = None,
 ):
-    r"""Hard-negative contrastive loss (Robinson et al., ICLR 2021) in JAX; spec 1.0, blockwise, custom VJP.
+    r"""Hard-negative contrastive loss (Robinson et al., ICLR 2021) in JAX; spec 1.1, blockwise, custom VJP.
 
     For anchors :math:`i` with positive logit :math:`a_i = s_{i,p(i)}` and negatives :math:`j \in N_i`
     (:math:`M_i = |N_i|`), with :math:`s_{ij} = u_i \cdot u_j / t`:
@@ -122,8 +135,12 @@ def hcl_loss(
     ----------
     z1, z2 : jax.Array, shape (B, d), float16 / bfloat16 / float32 / float64
         Two views; row k of z1 and row k of z2 form a positive pair. Half precision is computed in float32.
-    temperature : float or traced scalar, default 0.5
-        t > 0. May be traced (no recompilation per value); its gradient is computed when differentiated.
+    temperature : float or 0-d floating jax.Array (traced or not), default 0.5
+        t > 0. A Python/NumPy number is validated and compiled as before. A JAX array (e.g. a traced,
+        learnable temperature) must be 0-d and floating (the reference's messages otherwise); its value is not
+        checked (no host sync): t <= 0 or non-finite gives NaN for the loss and every gradient. ``jax.grad``
+        with respect to it returns the closed form d loss / d t (spec section 8), under jit and vmap, in every
+        layout; it is computed only when differentiated.
     beta : float or traced scalar, default 1.0
         Hardness, >= 0; ``math.inf`` allowed (also as a traced value). Its gradient is computed when
         differentiated (0 at beta = inf).
@@ -135,25 +152,36 @@ def hcl_loss(
     normalize : bool, default True (static)
         Use u = z / max(||z||_2, 1e-12); False uses z as given.
     negatives : jax.Array, shape (K, d) or (B, K, d), optional
-        Explicit bank, shared or one per anchor; anchors are then z1's rows and in-batch samples are not
-        negatives. Not gathered under ``axis_name``.
+        Explicit bank, shared or one per anchor. Layout "bank": anchors are z1's rows and in-batch samples are
+        not negatives. Layout "cross": the bank rows follow z2's rows among z1's anchors' candidates. Never
+        gathered under ``axis_name``.
     labels : integer array, shape (B,), optional
         Samples sharing the anchor's label are removed from its negatives.
     negative_labels : integer array, shape (K,) or (B, K), optional
         Labels of the bank rows; required with ``labels`` when a bank is given.
     reduction : {"mean", "sum", "none"}, default "mean" (static)
-        "none" returns per-anchor losses, shape (2B,) (z1 rows then z2 rows) or (B,) with a bank.
+        "none" returns per-anchor losses: (2B,) in-batch or cross symmetric (z1's anchors then z2's), (B,)
+        with layout "bank" or cross one-way.
+    layout : {None, "in_batch", "bank", "cross"}, default None (static)
+        None: spec 1.0 ("in_batch" without ``negatives``, "bank" with them). "cross" (CLIP,
+        sentence-transformers): anchors z1[i], candidates every row of z2 (positive z2[i]) then the bank rows;
+        ``symmetric`` adds anchors z2[i] against the rows of z1 only. Memory stays linear in B: the reverse
+        direction is a second blocked walk, never a (B x B) array.
+    symmetric : bool, default True (static)
+        Cross layout: include the reverse direction. ``False`` with another layout raises ValueError.
     memory_budget : int, optional (static)
         Bytes of transient working memory for one block of anchors: the block holds about 4 arrays of shape
         (rows, candidates) in the compute dtype. Default: 16 MiB, raised to fit 128 rows of in-batch or
         shared-bank candidates (so 128 rows per block from C ~ 7.7k candidates on). Under ``vmap`` it is per
-        problem.
+        problem. In the cross layout it applies to each direction's blocks (default 8 MiB, with the same floor).
     axis_name : hashable, optional (static)
         Inside ``shard_map``/``pmap``/``vmap`` over this axis: every device's z1, z2 (and labels) are
-        gathered as negatives; the loss is over the local anchors. Averaging the per-device losses and the
-        per-device gradients over the axis (``lax.pmean``) gives the single-device loss and gradient of the
-        concatenated batch. ``"sum"`` is scaled by the axis size for the same reason; ``"none"`` returns the
-        local anchors' (exact) losses. A bank is used as given on each device.
+        gathered as candidates (in-batch and cross layouts); the loss is over the local anchors. Averaging
+        the per-device losses and the per-device gradients over the axis (``lax.pmean``) gives the
+        single-device loss and gradient of the concatenated batch. ``"sum"`` is scaled by the axis size for
+        the same reason; ``"none"`` returns the local anchors' (exact) losses. A bank is used as given on each
+        device (a per-anchor bank with its local anchors). ``shard_map``, ``pmap`` and ``vmap`` map equal
+        shards only, so no device can hold 0 pairs while another holds some.
 
     Returns
     -------
@@ -164,14 +192,14 @@ def hcl_loss(
     ------
     TypeError, ValueError
         At trace time, from ``hardneg.validation`` with the reference's messages (traced hyper-parameters
-        are not range-checked: their values are unknown when tracing).
+        and array temperatures are not range-checked: their values are unknown when tracing).
 
     References
     ----------
     Robinson, Chuang, Sra, Jegelka. Contrastive Learning with Hard Negative Samples. ICLR 2021.
     Chuang, Robinson, Lin, Torralba, Jegelka. Debiased Contrastive Learning. NeurIPS 2020.
     """
-    t_chk, _ = _hyper("temperature", temperature)
+    t_chk, t_tensor = _temperature(temperature)
     b_chk, b_val = _hyper("beta", beta)
     tp_chk, _ = _hyper("tau_plus", tau_plus)
     call = dict(
@@ -192,10 +220,14 @@ def hcl_loss(
         labels_dtype=_dtype_name(labels),
         negative_labels_shape=_shape(negative_labels),
         negative_labels_dtype=_dtype_name(negative_labels),
+        layout=layout,
+        symmetric=symmetric,
     )
     world = 1 if axis_name is None else collectives.axis_size(axis_name)
-    gathering = axis_name is not None and negatives is None
-    one_pair = gathering and len(call["z1_shape"]) == 2 and call["z1_shape"][0] == 1
+    cross = layout == "cross"
+    # in-batch candidates are gathered: the in-batch layout, and the cross layout with or without a bank
+    gathering = axis_name is not None and (negatives is None or cross)
+    one_pair = gathering and negatives is None and len(call["z1_shape"]) == 2 and call["z1_shape"][0] == 1
     if one_pair:
         # One local pair is fine when the gathered batch has >= 2: check the local call without its batch
         # size, then the global one (as hardneg_torch does under gather=True).
@@ -205,7 +237,7 @@ def hcl_loss(
         glob = lambda shp: None if shp is None else (world * shp[0],) + tuple(shp[1:])  # noqa: E731
         problem = check_call(**{**call, "z1_shape": glob(call["z1_shape"]), "z2_shape": glob(call["z2_shape"]),
                                 "labels_shape": glob(call["labels_shape"])})
-        problem = dataclasses.replace(problem, batch=1, n_anchors=2)
+        problem = dataclasses.replace(problem, batch=1, n_anchors=problem.n_anchors // world)
     else:
         problem = check_call(**call)
     _check_budget(memory_budget)
@@ -226,10 +258,27 @@ def hcl_loss(
     B, d = problem.batch, problem.dim
     itemsize = cd.itemsize
     row0, distributed = None, False
+    if axis_name is not None:
+        # replicated differentiable inputs get per-device cotangents: make them varying under shard_map
+        z1, z2, neg = (collectives.as_varying(v, axis_name) for v in (z1, z2, neg))
+        t = collectives.as_varying(t, axis_name) if t_tensor else t
+        b = collectives.as_varying(b, axis_name) if _is_tracer(beta) else b
+        tp = collectives.as_varying(tp, axis_name) if _is_tracer(tau_plus) else tp
     if gathering:
         g = collectives.gather_batch(z1, z2, lab, axis_name)
         z1, z2, lab, row0, distributed = g.z1, g.z2, g.labels, g.row0, True
-    if problem.bank == "none":
+    block_rev = 0
+    if cross:
+        n = B * world  # in-batch candidates of each direction (gathered)
+        dflt = DEFAULT_CROSS_BUDGET
+        if problem.bank == "per_anchor":
+            K = problem.bank_size
+            block = rows_per_block(B, n + K, itemsize, memory_budget, per_row_extra=3 * K * d * itemsize,
+                                   default=dflt)
+        else:
+            block = rows_per_block(B, n + (problem.bank_size or 0), itemsize, memory_budget, default=dflt)
+        block_rev = rows_per_block(B, n, itemsize, memory_budget, default=dflt)
+    elif problem.bank == "none":
         block = rows_per_block(2 * B, 2 * B * world, itemsize, memory_budget)
     elif problem.bank == "shared":
         block = rows_per_block(B, problem.bank_size, itemsize, memory_budget)
@@ -247,5 +296,9 @@ def hcl_loss(
         world=world,
         distributed=distributed,
         local_pairs=B if distributed else 0,
+        cross=cross,
+        symmetric=bool(symmetric),
+        block_rev=block_rev,
+        check_t=t_tensor,
     )
     return _core(st, z1, z2, neg, lab, nlab, t, b, tp, row0)

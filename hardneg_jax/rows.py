@@ -45,6 +45,14 @@ class Statics(NamedTuple):
     local_pairs : int
         With ``distributed``: the local batch B_l (this device's anchors are rows ``row0 + [0, B_l)`` of the
         gathered z1 and z2).
+    cross : bool
+        The cross layout (anchors u1 against [u2; bank]); ``bank`` then says which bank follows u2.
+    symmetric : bool
+        Cross layout: also the reverse direction (anchors u2 against u1).
+    block_rev : int
+        Cross layout: anchor rows per block of the reverse direction.
+    check_t : bool
+        The temperature is a tensor whose value was not checked: t <= 0 or non-finite makes everything NaN.
     """
 
     bank: str
@@ -57,6 +65,10 @@ class Statics(NamedTuple):
     world: int = 1
     distributed: bool = False
     local_pairs: int = 0
+    cross: bool = False
+    symmetric: bool = True
+    block_rev: int = 0
+    check_t: bool = False
 
 
 class Needs(NamedTuple):

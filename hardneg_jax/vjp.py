@@ -11,7 +11,9 @@ summed only when they are perturbed.
 
 Dtypes: float16/bfloat16 are computed in float32; the value and every cotangent are returned in the
 dtype of the corresponding input. Non-finite inputs make the value and every gradient NaN; an undefined
-anchor loss (NaN) makes every gradient NaN (spec section 6).
+anchor loss (NaN) makes every gradient NaN (spec section 6); so does an array temperature (whose value is not
+validated) that is <= 0 or not finite. The temperature's gradient is the closed form of spec section 8:
+through every logit (ds/dt = -s/t, positives included) and through the clamp floor log M - 1/t where it binds.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def _inputs(st: Statics, z1, z2, neg, labels, nlabels, row0):
     cast = lambda v: None if v is None else v.astype(cd)  # noqa: E731
     z1, z2, neg = cast(z1), cast(z2), cast(neg)
     norm = normalize_rows if st.normalize else (lambda v: (v, None))
-    if st.bank == "none":
+    if st.bank == "none" and not st.cross:
         B = z1.shape[0]
         U, nU = norm(jnp.concatenate([z1, z2], axis=0))
         Bl = st.local_pairs if st.distributed else B
@@ -62,14 +64,19 @@ def _inputs(st: Statics, z1, z2, neg, labels, nlabels, row0):
         return Inputs(U, anchors=anchors, lab=lab, half=B), (nU,)
     u1, n1 = norm(z1)
     u2, n2 = norm(z2)
-    V, nV = norm(neg)
-    return Inputs(u1, u2, V, lab=labels, nlab=nlabels), (n1, n2, nV)
+    V, nV = (None, None) if neg is None else norm(neg)
+    r0 = (row0 if st.distributed else 0) if st.cross else 0
+    return Inputs(u1, u2, V, lab=labels, nlab=nlabels, row0=r0), (n1, n2, nV)
 
 
-def _nonfinite(z1, z2, neg):
+def _nonfinite(st: Statics, z1, z2, neg, t):
+    """True when the result is NaN by definition: a non-finite input row, or (tensor temperature only, whose
+    value was not validated) a temperature that is not finite and > 0 with 1/t finite."""
     bad = ~(jnp.all(jnp.isfinite(z1)) & jnp.all(jnp.isfinite(z2)))
     if neg is not None:
         bad = bad | ~jnp.all(jnp.isfinite(neg))
+    if st.check_t:
+        bad = bad | ~((t > 0) & jnp.isfinite(t) & jnp.isfinite(1.0 / t))
     return bad
 
 
@@ -86,18 +93,19 @@ def _reduce(st: Statics, loss: jax.Array, bad, out_dtype):
 def _row_grads(st: Statics, x: Inputs, norms, out: PassOut):
     """Gradients w.r.t. z1, z2, negatives (compute dtype) from those w.r.t. the normalised rows."""
     back = (lambda g, u, n: normalize_rows_bwd(g, u, n)) if st.normalize else (lambda g, u, n: g)
-    if st.bank == "none":
+    if st.bank == "none" and not st.cross:
         gZ = back(out.gU, x.U, norms[0])
         B = x.half
         return gZ[:B], gZ[B:], None
-    return back(out.gU, x.U, norms[0]), back(out.gU2, x.U2, norms[1]), back(out.gV, x.V, norms[2])
+    g1, g2 = back(out.gU, x.U, norms[0]), back(out.gU2, x.U2, norms[1])
+    return g1, g2, (None if out.gV is None else back(out.gV, x.V, norms[2]))
 
 
 def _gradients(st, z1, z2, neg, labels, nlabels, t, beta, tau, row0, c, needs: Needs):
     """Walk the blocks once with cotangents c (A,); return (loss, (g1, g2, gneg, gt, gbeta, gtau)) with NaN rules."""
     x, norms = _inputs(st, z1, z2, neg, labels, nlabels, row0)
     out = run_pass(st, x, t, beta, tau, c, needs)
-    bad = _nonfinite(z1, z2, neg) | jnp.any(jnp.isnan(out.loss))
+    bad = _nonfinite(st, z1, z2, neg, t) | jnp.any(jnp.isnan(out.loss))
     poison = lambda g: None if g is None else jnp.where(bad, jnp.nan, g)  # noqa: E731
     if needs.arrays:
         g1, g2, gn = _row_grads(st, x, norms, out)
@@ -117,7 +125,7 @@ def hcl_core(st: Statics, z1, z2, neg, labels, nlabels, t, beta, tau, row0):
     compute dtype."""
     x, _ = _inputs(st, z1, z2, neg, labels, nlabels, row0)
     out = run_pass(st, x, t, beta, tau)
-    return _reduce(st, out.loss, _nonfinite(z1, z2, neg), z1.dtype)
+    return _reduce(st, out.loss, _nonfinite(st, z1, z2, neg, t), z1.dtype)
 
 
 def _fwd(st: Statics, z1, z2, neg, labels, nlabels, t, beta, tau, row0):
@@ -128,13 +136,17 @@ def _fwd(st: Statics, z1, z2, neg, labels, nlabels, t, beta, tau, row0):
     if st.reduction == "none":
         x, _ = _inputs(st, z1, z2, neg, labels, nlabels, row0)
         out = run_pass(st, x, t, beta, tau)
-        value = _reduce(st, out.loss, _nonfinite(z1, z2, neg), z1.dtype)
+        value = _reduce(st, out.loss, _nonfinite(st, z1, z2, neg, t), z1.dtype)
         return value, (_Plan(needs), (z1, z2, neg, labels, nlabels, t, beta, tau, row0))
-    n_anchors = (2 * (st.local_pairs if st.distributed else z1.shape[0])) if st.bank == "none" else z1.shape[0]
+    pairs = st.local_pairs if st.distributed else z1.shape[0]
+    if st.cross:
+        n_anchors = 2 * pairs if st.symmetric else pairs
+    else:
+        n_anchors = 2 * pairs if st.bank == "none" else z1.shape[0]
     scale = 1.0 / n_anchors if st.reduction == "mean" else float(st.world)
     c = jnp.full((n_anchors,), scale, t.dtype)
     loss, grads = _gradients(st, z1, z2, neg, labels, nlabels, t, beta, tau, row0, c, needs)
-    value = _reduce(st, loss, _nonfinite(z1, z2, neg), z1.dtype)
+    value = _reduce(st, loss, _nonfinite(st, z1, z2, neg, t), z1.dtype)
     dtypes = (z1.dtype, z2.dtype, None if neg is None else neg.dtype)
     return value, (_Plan(needs, dtypes), grads)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -37,17 +38,25 @@ class Config:
         tau_plus after resolving the estimator ("easy" is tau_plus = 0).
     clamp : bool
         The floor Ng >= M e^{-1/t} ("easy" has none).
+    learn_t : bool
+        The temperature is a tensor whose gradient is wanted: ``inv_t`` is then a scalar tensor of the compute
+        dtype, and the passes also return the per-anchor d l_i / d lf_i (the clamp floor's log) for d loss / d t.
     """
 
-    inv_t: float
+    inv_t: Any
     beta: float
     kind: str
     tau: float
     clamp: bool
+    learn_t: bool = False
 
 
 def make_config(*, temperature, beta, tau_plus, estimator, clamp, compute_dtype: tf.DType) -> Config:
-    """Resolve validated hyper-parameters into a :class:`Config` for ``compute_dtype``."""
+    """Resolve validated hyper-parameters into a :class:`Config` for ``compute_dtype``.
+
+    ``temperature`` is a Python number, or a 0-d tensor of ``compute_dtype`` (a differentiable temperature:
+    ``inv_t`` becomes the tensor 1 / t and ``learn_t`` is set).
+    """
     if estimator == "easy":  # spec §4: hard with beta = tau+ = 0 and no clamp
         beta, tau_plus, clamp = 0.0, 0.0, False
     np_dt = compute_dtype.as_numpy_dtype
@@ -64,6 +73,9 @@ def make_config(*, temperature, beta, tau_plus, estimator, clamp, compute_dtype:
         kind = "one"
     else:
         kind = "finite"
+    if tf.is_tensor(temperature):
+        return Config(inv_t=1.0 / temperature, beta=b, kind=kind, tau=float(tau_plus), clamp=bool(clamp),
+                      learn_t=True)
     return Config(inv_t=1.0 / float(temperature), beta=b, kind=kind, tau=float(tau_plus), clamp=bool(clamp))
 
 
@@ -117,6 +129,8 @@ def row_tail(a, lr, M, has, cfg: Config):
     loss : (R,) l_i (0 where not ``has``; NaN where undefined, clamp=False with D <= 0).
     da : (R,) dl_i/da_i.
     rho : (R,) the factor of the negatives' weights, dl_i/ds_ij = rho_i w_ij (0 on the floor).
+    dlf : (R,) dl_i/dlf_i, lf_i = log M_i - 1/t the log of the clamp floor (nonzero only where it binds);
+        only when ``cfg.learn_t`` (d loss / d t needs it), else None.
     """
     dt = a.dtype
     logM = tf.math.log(tf.where(has, M, tf.ones_like(M)))
@@ -137,6 +151,7 @@ def row_tail(a, lr, M, has, cfg: Config):
         delta = softplus(tf.where(floor, lf, gu) - a)
         rho = tf.where(floor, zero, tf.exp(lr - log1m_tau - a - delta))
         da = tf.where(floor, -tf.exp(lf - a - delta), -rho)
+        dlf = tf.where(floor, -da, zero) if cfg.learn_t else None  # d softplus(lf - a) / d lf
     else:
         if cfg.tau > 0.0:
             # Ng_u <= 0: D = e^a - N'/(1 - tau+) with log N' = log tau+ + log M + a + log1mexp(-x).
@@ -148,5 +163,8 @@ def row_tail(a, lr, M, has, cfg: Config):
             delta = softplus(gu - a)
         rho = tf.exp(lr - log1m_tau - a - delta)
         da = -rho
+        dlf = zero if cfg.learn_t else None
     loss = delta
-    return tf.where(has, loss, zero), tf.where(has, da, zero), tf.where(has, rho, zero)
+    if dlf is not None:
+        dlf = tf.where(has, dlf, zero)
+    return tf.where(has, loss, zero), tf.where(has, da, zero), tf.where(has, rho, zero), dlf

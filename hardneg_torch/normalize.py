@@ -36,4 +36,7 @@ def normalize_backward(gu: torch.Tensor, u: torch.Tensor, norm: torch.Tensor) ->
     Like ``torch.clamp_min``'s gradient, the tie ``||z|| == 1e-12`` takes the norm's branch.
     """
     radial = (gu * u).sum(dim=-1, keepdim=True)
-    return torch.where(norm >= NORM_EPS, (gu - u * radial) / norm.clamp_min(NORM_EPS), gu / NORM_EPS)
+    above = norm >= NORM_EPS
+    # one (.., d) result, scaled in place: rows below the epsilon keep gu (their radial part is dropped)
+    out = torch.addcmul(gu, u, torch.where(above, radial, 0.0), value=-1.0)
+    return out.div_(torch.where(above, norm, NORM_EPS))

@@ -51,8 +51,10 @@ def row_terms(
     count: torch.Tensor,
     a: torch.Tensor,
     hp: Hyper,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""Loss, dloss/da and rho of each anchor row.
+    t=None,
+    want_floor: bool = False,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    r"""Loss, dloss/da, rho and (optionally) dloss/dlf of each anchor row.
 
     Parameters
     ----------
@@ -66,6 +68,11 @@ def row_terms(
     a : (b,) tensor
         Positive logits :math:`a_i`.
     hp : Hyper
+    t : float or 0-d tensor, optional
+        The temperature (default ``hp.temperature``); a tensor when the temperature is differentiable.
+    want_floor : bool
+        Also return :math:`\partial\ell_i/\partial lf_i`, the derivative with respect to the log clamp floor
+        :math:`lf_i = \log M_i - 1/t` (nonzero only where the floor binds), for d loss / d t.
 
     Returns
     -------
@@ -73,7 +80,10 @@ def row_terms(
     da : (b,) :math:`\partial\ell_i/\partial a_i`.
     rho : (b,) :math:`\rho_i`, so that :math:`\partial\ell_i/\partial s_{ij} = \rho_i w_{ij}`
         (0 on the clamp's floor and where :math:`M_i = 0`).
+    dlf : (b,) :math:`\partial\ell_i/\partial lf_i` if ``want_floor``, else None.
     """
+    if t is None:
+        t = hp.temperature
     dt = a.dtype
     has = count > 0
     one = torch.ones((), dtype=dt, device=a.device)
@@ -92,12 +102,14 @@ def row_terms(
     neg_inf = torch.full((), -math.inf, dtype=dt, device=a.device)
     gu = torch.where(ng_pos, lr + log1mexp(torch.clamp_max(x, 0.0)) - log1m_tau, neg_inf)  # log Ng^u
     if hp.clamp:
-        lf = log_m - 1.0 / hp.temperature  # log of the floor M e^{-1/t}
+        lf = log_m - 1.0 / t  # log of the floor M e^{-1/t}
         floor = gu < lf  # the tie takes the unclamped branch, as torch.clamp's gradient does
         loss = _softplus(torch.where(floor, lf, gu) - a)
         log_d = a + loss
         rho = torch.where(floor, 0.0, torch.exp(lr - log1m_tau - log_d))
-        da = torch.where(floor, -torch.exp(lf - log_d), -rho)
+        d_floor = torch.exp(lf - log_d)
+        da = torch.where(floor, -d_floor, -rho)
+        dlf = torch.where(floor & has, d_floor, 0.0) if want_floor else None
     else:
         if tau > 0.0:
             log_np = (math.log(tau) + log_m) + a + log1mexp(-torch.clamp_min(x, 0.0))
@@ -109,5 +121,6 @@ def row_terms(
         loss = torch.where(ng_pos, _softplus(gu - a), loss_neg)
         rho = torch.exp(lr - log1m_tau - (a + loss))
         da = -rho
+        dlf = torch.zeros_like(a) if want_floor else None
     zero = torch.zeros((), dtype=dt, device=a.device)
-    return torch.where(has, loss, zero), torch.where(has, da, zero), torch.where(has, rho, zero)
+    return torch.where(has, loss, zero), torch.where(has, da, zero), torch.where(has, rho, zero), dlf

@@ -78,3 +78,34 @@ def test_backend_not_installed_row(monkeypatch, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     row = cli._row("ghost", json.loads(line))
     assert row[0] == "ghost" and row[-1].startswith("not installed")
+
+
+def test_command_goes_alone_and_timeout_goes_with_command():
+    proc = _run("--command", "true", "--target", "hardneg:hcl_loss", "--framework", "numpy")
+    assert proc.returncode == 2 and "--command goes alone" in proc.stderr
+    proc = _run("--timeout", "5", "--target", "hardneg:hcl_loss", "--framework", "numpy")
+    assert proc.returncode == 2 and "--timeout goes with --command" in proc.stderr
+
+
+def test_profile_and_error_contract_are_named_in_the_report(tmp_path):
+    out = tmp_path / "r.json"
+    proc = _run("--target", "hardneg:hcl_loss", "--framework", "numpy", "--profile", "practical",
+                "--max-examples", "1", "--json", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (rep,) = json.loads(out.read_text())["results"].values()
+    assert rep["profile"] == "practical" and rep["errors"] == "type"  # practical: exception types only
+    assert "profile practical, error contract: exception type only" in proc.stdout
+
+
+def test_jax_worker_keeps_a_persistent_compilation_cache_unless_off(tmp_path):
+    """The JAX worker reuses compiled programs across runs (in $HARDNEG_CACHE/jax); HARDNEG_CACHE=off disables it."""
+    pytest.importorskip("jax")
+    import os
+
+    code = ("import jax\nfrom conformance import cli\ncli._jax_compilation_cache()\n"
+            "print(jax.config.jax_compilation_cache_dir)")
+    for value, want in ((str(tmp_path), str(tmp_path / "jax")), ("off", "None")):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "HARDNEG_CACHE": value})
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1] == want

@@ -1,8 +1,10 @@
 """The suite proves it can fail: every planted wrong implementation is rejected; their correct base passes.
 
-conformance.defects holds the spec transliterated into differentiable PyTorch and nine classic mistakes (the
+conformance.defects holds the spec transliterated into differentiable PyTorch and twelve classic mistakes (the
 paper's pseudo-code typos, detached weights, a missing M, the partner among the negatives, one direction only,
-raw exp arithmetic, no normalisation). A suite that accepted any of them would not protect anyone.
+raw exp arithmetic, no normalisation; spec 1.1: the positive among its own negatives in the cross layout, the
+reverse direction scoring the bank, d loss / d t without the clamp floor's term). A suite that accepted any of
+them would not protect anyone.
 """
 
 import subprocess
@@ -56,6 +58,22 @@ def test_failure_snippet_reproduces_the_failure_when_pasted():
     assert "AssertionError" in proc.stderr
     # the snippet run against the correct implementation conforms
     fixed = snippet.replace("import beta_on_cosine as target", "import transliteration as target")
+    proc = subprocess.run([sys.executable, "-c", fixed], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "conforms" in proc.stdout
+
+
+def test_dt_without_floor_fails_on_the_temperature_gradient_and_its_snippet_reproduces():
+    """Values and input gradients right, d loss / d t wrong where the floor binds: the failure names the
+    temperature's gradient, and the pasted snippet (a tensor temperature) fails until the target is fixed."""
+    rep = conformance.verify(defects.dt_without_floor, framework="torch", max_examples=N, seed=3,
+                             features=["temperature_grad"])
+    assert not rep.ok
+    failure = rep.failures[0]
+    assert failure.message.startswith("gradient of temperature"), failure.message
+    proc = subprocess.run([sys.executable, "-c", failure.snippet], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "AssertionError" in proc.stderr
+    fixed = failure.snippet.replace("import dt_without_floor as target", "import transliteration as target")
     proc = subprocess.run([sys.executable, "-c", fixed], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "conforms" in proc.stdout

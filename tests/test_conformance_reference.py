@@ -70,10 +70,34 @@ def test_not_implemented_options_are_reported_as_not_supported():
 
     rep = conformance.verify(no_labels_no_halves, framework="numpy", max_examples=3)
     statuses = {f.name: f.status for f in rep.features}
-    assert statuses["labels"] == statuses["labels_bank"] == UNSUPPORTED
+    assert statuses["labels"] == statuses["labels_bank"] == statuses["cross_labels"] == UNSUPPORTED
     assert statuses["float16"] == statuses["bfloat16"] == UNSUPPORTED
-    assert statuses["hard"] == "passed"
-    assert rep.ok and rep.verdict == "PASS (4 not supported)"
+    assert statuses["temperature_grad"] == UNSUPPORTED  # values only: no *_and_grad twin
+    assert statuses["hard"] == statuses["cross_symmetric"] == "passed"
+    assert rep.ok and rep.verdict == "PASS (6 not supported)"
+
+
+def test_a_spec_1_0_target_gets_the_1_1_features_reported_as_not_supported():
+    """A port written for spec 1.0 (no `layout` keyword, a real temperature only) still conforms to 1.0."""
+    from conformance import wrappers
+
+    torch = pytest.importorskip("torch")
+
+    def spec_1_0(z1, z2, *, temperature=0.5, beta=1.0, tau_plus=0.1, estimator="hard", clamp=True, normalize=True,
+                 negatives=None, labels=None, negative_labels=None, reduction="mean"):
+        if isinstance(temperature, torch.Tensor):  # what a spec 1.0 backend says to a tensor temperature
+            raise TypeError(f"temperature must be a real number; got {temperature!r} of type Tensor")
+        return wrappers.torch_hcl_loss(z1, z2, temperature=temperature, beta=beta, tau_plus=tau_plus,
+                                       estimator=estimator, clamp=clamp, normalize=normalize, negatives=negatives,
+                                       labels=labels, negative_labels=negative_labels, reduction=reduction)
+
+    new = ["cross", "cross_symmetric", "cross_bank_shared", "cross_bank_per_anchor", "cross_labels",
+           "temperature_grad"]
+    rep = conformance.verify(spec_1_0, framework="torch", max_examples=2, features=["hard", "errors"] + new)
+    statuses = {f.name: f.status for f in rep.features}
+    assert all(statuses[f] == UNSUPPORTED for f in new), statuses
+    assert statuses["hard"] == statuses["errors"] == "passed"
+    assert rep.ok and rep.verdict == f"PASS ({len(new)} not supported)"
 
 
 def test_report_json_round_trips_and_names_every_feature():
@@ -120,3 +144,29 @@ def test_beta_inf_even_split_is_checked_exactly():
     wrong = {"z1": grads.z1 + 1e-3 * np.sign(grads.z1 + 1e-300), "z2": grads.z2}
     assert not checks.compare(case, value, wrong).ok
     assert math.isinf(case.params["beta"])
+
+
+@pytest.mark.parametrize("kind", ["t=0", "t<0", "t=nan", "t=inf"])
+def test_a_bad_tensor_temperature_must_give_nan(kind):
+    """Spec 1.1 section 6: a tensor temperature <= 0 or not finite gives NaN for the value and every gradient;
+    the wrapped reference does, a target that takes |t| (or ignores the problem) is rejected."""
+    torch = pytest.importorskip("torch")
+    from conformance import checks, wrappers
+    from conformance.adapters import get_adapter
+    from conformance.suite import _probe_case
+
+    adapter = get_adapter("torch")
+    case = checks.with_nonfinite(_probe_case("float64", layout="cross"), np.random.default_rng(0), kind)
+    assert case.temperature_grad and not case.finite_inputs
+    out = adapter.call(wrappers.torch_hcl_loss, case)
+    assert checks.compare(case, out.value, out.grads).ok
+    assert np.isnan(out.value).all() and all(np.isnan(g).all() for g in out.grads.values())
+
+    def abs_temperature(z1, z2, *, temperature=0.5, **kw):
+        ok = torch.isfinite(temperature) & (temperature != 0)
+        t = torch.where(ok, temperature.abs(), torch.ones_like(temperature))
+        return wrappers.torch_hcl_loss(z1, z2, temperature=t, **kw)
+
+    out = adapter.call(abs_temperature, case)
+    res = checks.compare(case, out.value, out.grads)
+    assert not res.ok and "expected NaN" in res.message()

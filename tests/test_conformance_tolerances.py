@@ -18,8 +18,9 @@ from conformance.cases import Case, round_to_dtype  # noqa: E402
 from conformance.strategies import Space, cases  # noqa: E402
 from conformance.tolerances import anchor_quantities, bounds, spec_gradient  # noqa: E402
 
-EVERYTHING = dict(layouts=("none", "shared", "per_anchor"), labels=(False, True), estimators=("hard", "easy"),
-                  clamps=(True, False), normalizes=(True, False), reductions=("mean", "sum", "none"), betas="any")
+EVERYTHING = dict(layouts=("in_batch", "bank", "cross"), banks=("none", "shared", "per_anchor"),
+                  symmetric=(True, False), temperature_grad=(False, True), labels=(False, True),
+                  estimators=("hard", "easy"), clamps=(True, False), normalizes=(True, False), reductions=("mean", "sum", "none"), betas="any")
 QUICK = settings(max_examples=60, database=None, deadline=None, suppress_health_check=list(HealthCheck),
                  phases=[Phase.explicit, Phase.generate])
 
@@ -41,6 +42,8 @@ def test_conditioning_quantities_match_the_reference(case):
     g = spec_gradient(case)
     for k in case.arrays:
         assert np.all(np.abs(g[k] - getattr(grads, k)) <= b.grads[k]), k
+    if case.temperature_grad:  # spec 1.1: d loss / d t, through the logits and the clamp floor
+        assert np.abs(g["temperature"] - grads.temperature) <= b.grads["temperature"]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -140,3 +143,40 @@ def test_reference_gives_zero_gradient_to_anchors_without_negatives():
                                      labels=np.array([0, 0]), reduction="none")
     assert np.all(v == 0.0)  # spec section 6: no negatives, loss 0 ...
     assert np.all(g.z1 == 0.0) and np.all(g.z2 == 0.0)  # ... and all its gradients 0
+
+
+@pytest.mark.parametrize("dtype,relative", [("float64", 1e-10), ("float32", 1e-3)])
+@pytest.mark.parametrize("layout", [None, "cross"])
+def test_temperature_gradient_errors_well_above_rounding_are_rejected(dtype, relative, layout):
+    """Spec 1.1: d loss / d t has a derived tolerance too; an error of `relative` in it alone fails."""
+    case = _default_case(dtype)
+    case.temperature_grad = True
+    if layout is not None:
+        case.params["layout"] = layout
+    value, g = case.reference()
+    grads = {"z1": g.z1, "z2": g.z2, "temperature": np.asarray(g.temperature)}
+    assert checks.compare(case, value, grads).ok
+    assert not checks.compare(case, value, dict(grads, temperature=grads["temperature"] * (1 + relative))).ok
+    assert not checks.compare(case, value, {"z1": g.z1, "z2": g.z2}).ok  # a missing temperature gradient fails
+
+
+def test_either_branch_of_the_kink_is_accepted_for_the_temperature_gradient_too():
+    """At the clamp's kink the branches differ in d loss / d t by the floor's own term and the logits' terms;
+    the target's choice is accepted on both, nothing in between."""
+    from conformance.strategies import _tau_at
+
+    rng = np.random.default_rng(3)
+    B, d = 4, 3
+    z1 = rng.standard_normal((B, d))
+    case = Case(z1=z1, z2=z1 + 0.3 * rng.standard_normal((B, d)), temperature_grad=True,
+                params=dict(temperature=0.5, beta=1.0, tau_plus=0.1, estimator="hard", clamp=True, normalize=True,
+                            reduction="sum"))
+    case.params["tau_plus"] = _tau_at(case, "kink", np.random.default_rng(0), 0)
+    value, g = case.reference()
+    b = bounds(case, value, g)
+    alt = b.alternatives[0]
+    assert abs(float(alt["temperature"])) > 1e-3
+    ref = {"z1": g.z1, "z2": g.z2, "temperature": np.asarray(g.temperature)}
+    assert checks.compare(case, value, ref).ok
+    assert checks.compare(case, value, {k: ref[k] + alt[k] for k in ref}).ok
+    assert not checks.compare(case, value, {k: ref[k] + 0.5 * alt[k] for k in ref}).ok

@@ -15,7 +15,7 @@ CASES = list(load_all())
 
 def test_every_theme_is_present_and_declares_the_spec_version():
     themes = {p.stem for p in DIRECTORY.glob("*.json")}
-    assert {"basic", "clamp", "bank", "labels", "edge"} <= themes
+    assert {"basic", "clamp", "bank", "labels", "edge", "cross", "temperature"} <= themes
     for p in DIRECTORY.glob("*.json"):
         doc = json.loads(p.read_text())
         assert doc["spec_version"] == hardneg.SPEC_VERSION
@@ -32,6 +32,8 @@ def test_reference_reproduces_vector(case):
     got = {"value": value, "grad_z1": grads.z1, "grad_z2": grads.z2}
     if "grad_negatives" in exp:
         got["grad_negatives"] = grads.negatives
+    if "grad_temperature" in exp:  # spec 1.1: d loss / d temperature
+        got["grad_temperature"] = grads.temperature
     assert set(got) == set(exp)
     for k, want in exp.items():
         want = np.asarray(decode(want), dtype=np.float64)

@@ -113,10 +113,65 @@ def test_mixed_float16():
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.mark.parametrize("layout", [None, "cross"])
+def test_fit_learns_the_temperature(layout):
+    """learn_temperature=True: model.fit takes the same SGD step on logit_scale = log(1/t) as a hand-written
+    step on hardneg_tf.hcl_loss with the temperature exp(-logit_scale), and d loss / d logit_scale is the
+    reference's Grads.temperature times dt/dlogit_scale = -t."""
+    t0, lr = 0.2, 0.5
+    loss_obj = HCLLoss(temperature=t0, learn_temperature=True, layout=layout, tau_plus=0.3)
+    model = two_view_model()
+    model.add(loss_obj.temperature_layer)  # the pass-through layer holding logit_scale
+    assert len(model.trainable_variables) == 2
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss=loss_obj)
+    model.fit(X, np.zeros(B), batch_size=B, epochs=1, shuffle=False, verbose=0)
+
+    W, s = tf.Variable(W0), tf.Variable(np.float32(-np.log(t0)))
+    with tf.GradientTape() as tape:
+        z = tf.einsum("bvi,id->bvd", tf.constant(X), W)
+        loss = hardneg_tf.hcl_loss(z[:, 0], z[:, 1], temperature=tf.exp(-s), layout=layout, tau_plus=0.3)
+    gW, gs = tape.gradient(loss, [W, s])
+    learned = float(loss_obj.temperature_layer.logit_scale.numpy())
+    # float32 end to end, same operations in a different order: a few float32 roundings of O(1) values
+    np.testing.assert_allclose(learned, float(s) - lr * float(gs), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model.layers[0].kernel.numpy(), W0 - lr * gW.numpy(), rtol=0, atol=1e-6)
+    z = np.einsum("bvi,id->bvd", X.astype(np.float64), W0.astype(np.float64))
+    _, ref = hardneg.hcl_loss_and_grad(z[:, 0], z[:, 1], temperature=float(np.float32(np.exp(np.float32(-s.numpy())))),
+                                       layout=layout, tau_plus=0.3)
+    assert abs(learned + np.log(t0)) > 1e-3  # the temperature did move
+    np.testing.assert_allclose(float(gs), -ref.temperature * float(tf.exp(-s)), rtol=1e-4)
+
+
+def test_min_temperature_stops_the_gradient():
+    """Below min_temperature the temperature is clamped and logit_scale receives no gradient (CLIP's bound)."""
+    loss_obj = HCLLoss(temperature=0.05, learn_temperature=True, min_temperature=0.1)
+    model = two_view_model()
+    model.add(loss_obj.temperature_layer)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss_obj)
+    hist = model.fit(X, np.zeros(B), batch_size=B, epochs=1, verbose=0)
+    np.testing.assert_allclose(float(loss_obj.temperature_layer.temperature()), 0.1, rtol=1e-7)
+    np.testing.assert_allclose(float(loss_obj.temperature_layer.logit_scale.numpy()), -np.log(0.05), rtol=1e-7)
+    z = np.einsum("bvi,id->bvd", X.astype(np.float64), W0.astype(np.float64))
+    np.testing.assert_allclose(hist.history["loss"][0], hardneg.hcl_loss(z[:, 0], z[:, 1], temperature=0.1),
+                               rtol=1e-5)
+
+
 def test_config_round_trip_and_errors():
     loss = HCLLoss(temperature=0.2, beta=2.0, estimator="easy", reduction="sum", use_labels=True, name="hcl")
     again = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(again, HCLLoss) and again.get_config() == loss.get_config()
+    loss = HCLLoss(temperature=0.07, layout="cross", symmetric=False, learn_temperature=True, min_temperature=0.01)
+    again = keras.losses.deserialize(keras.losses.serialize(loss))
+    assert again.get_config() == loss.get_config() and again.temperature_layer.min_temperature == 0.01
+    np.testing.assert_allclose(float(again.temperature_layer.temperature()), 0.07, rtol=1e-6)
+    layer = keras.layers.deserialize(keras.layers.serialize(loss.temperature_layer))
+    assert layer.get_config() == loss.temperature_layer.get_config()
+    with pytest.raises(ValueError, match="layout must be one of"):
+        HCLLoss(layout="clip")
+    with pytest.raises(ValueError, match="symmetric=False is only meaningful"):
+        HCLLoss(symmetric=False)
+    with pytest.raises(ValueError, match="min_temperature is only meaningful"):
+        HCLLoss(min_temperature=0.01)
     with pytest.raises(ValueError, match="temperature must be finite and > 0"):  # the shared validation
         HCLLoss(temperature=-1.0)
     with pytest.raises(ValueError, match=r"y_pred of shape \(B, 2, d\)"):

@@ -52,7 +52,20 @@ FEATURES = [
     ("shared_bank_labels", dict(negatives=D["shared"], labels=D["labels"], negative_labels=D["nl_shared"]), {}),
     ("per_anchor_labels_none", dict(negatives=D["per"], labels=D["labels"], negative_labels=D["nl_per"]),
      dict(reduction="none")),
+    # spec 1.1: the cross layout (one-way and symmetric, banks, labels) and a tensor temperature (d loss / d t)
+    ("cross", {}, dict(layout="cross")),
+    ("cross_one_way_floor", {}, dict(layout="cross", symmetric=False, tau_plus=0.9)),
+    ("cross_labels_none", dict(labels=D["labels"]), dict(layout="cross", reduction="none")),
+    ("cross_shared_bank_labels", dict(negatives=D["shared"], labels=D["labels"], negative_labels=D["nl_shared"]),
+     dict(layout="cross", beta=2.0)),
+    ("cross_per_anchor_none", dict(negatives=D["per"]), dict(layout="cross", reduction="none", tau_plus=0.5)),
+    ("cross_one_way_per_anchor_sum", dict(negatives=D["per"]), dict(layout="cross", symmetric=False,
+                                                                    reduction="sum", beta=0.0)),
 ]
+#: Features whose temperature is also passed as a tf.Variable, its gradient checked against Grads.temperature.
+T_TENSOR = {"defaults", "floor_binds", "beta_inf", "no_clamp", "shared_bank_labels", "per_anchor_labels_none",
+            "cross", "cross_one_way_floor", "cross_labels_none", "cross_shared_bank_labels", "cross_per_anchor_none",
+            "cross_one_way_per_anchor_sum"}
 # Small enough that every layout walks several row blocks, the last one padded (e.g. 10 in-batch anchors
 # in 4 blocks of 3).
 BUDGET = 1500
@@ -65,25 +78,41 @@ def _cond(kw):
     return (2.0 + b) / kw.get("temperature", 0.5) + 10.0
 
 
-def _cot(kw, n_anchors):
-    return np.linspace(0.5, 1.5, n_anchors) if kw.get("reduction") == "none" else 0.7
+def n_anchors(arrays, kw):
+    """Length of the reduction="none" output."""
+    B = len(arrays["z1"])
+    if kw.get("layout") == "cross":
+        return 2 * B if kw.get("symmetric", True) else B
+    return B if "negatives" in arrays else 2 * B
 
 
-def run_tf(arrays, kw, *, mode="eager", dtype="float64", cot=None, **extra):
+def _cot(kw, n):
+    return np.linspace(0.5, 1.5, n) if kw.get("reduction") == "none" else 0.7
+
+
+def run_tf(arrays, kw, *, mode="eager", dtype="float64", cot=None, t_tensor=None, **extra):
     """Value and gradients of hardneg_tf.hcl_loss as float64 NumPy, taken the way ``mode`` says.
 
     eager: tape recording while the loss is called (the fused sweep for "mean"/"sum");
     outer: a tf.function called under a tape outside it (the loss is traced without a tape: two passes);
     graph / xla: tape inside tf.function (jit_compile for xla);
     unknown: graph with every dimension of the signature None.
+    ``t_tensor``: a dtype name; the temperature is then passed as a 0-d tensor of that dtype (an input of the
+    compiled function) and its gradient is returned as ``grads["temperature"]``.
     """
     cast = lambda x: tf.cast(tf.constant(np.asarray(x, np.float64)), dtype)  # noqa: E731
     keys = [k for k in ("z1", "z2", "negatives") if k in arrays]
     xs = [cast(arrays[k]) for k in keys]
     labs = {k: tf.constant(arrays[k]) for k in ("labels", "negative_labels") if k in arrays}
+    if t_tensor is not None:
+        keys.append("temperature")
+        xs.append(tf.constant(kw.get("temperature", 0.5), t_tensor))
+        kw = {k: v for k, v in kw.items() if k != "temperature"}
+    n_z = 3 if "negatives" in arrays else 2
 
     def loss(*xs):
-        return hardneg_tf.hcl_loss(*xs[:2], **dict(zip(keys[2:], xs[2:])), **labs, **kw, **extra)
+        t = {"temperature": xs[-1]} if t_tensor is not None else {}
+        return hardneg_tf.hcl_loss(*xs[:2], **dict(zip(keys[2:n_z], xs[2:n_z])), **t, **labs, **kw, **extra)
 
     def with_tape(*xs):
         with tf.GradientTape() as tape:
@@ -106,7 +135,8 @@ def run_tf(arrays, kw, *, mode="eager", dtype="float64", cot=None, **extra):
         if mode == "unknown":
             sig = [tf.TensorSpec([None] * x.shape.rank, x.dtype) for x in xs]
         v, g = tf.function(with_tape, input_signature=sig, jit_compile=(mode == "xla"))(*xs)
-    assert v.dtype.name == dtype and all(gi.dtype.name == dtype for gi in g)
+    assert v.dtype.name == dtype and all(gi.dtype.name == dtype for gi in g[:n_z])
+    assert t_tensor is None or g[-1].dtype.name == t_tensor
     f64 = lambda t: tf.cast(t, tf.float64).numpy()  # noqa: E731
     return f64(v), dict(zip(keys, [f64(gi) for gi in g]))
 
@@ -116,7 +146,7 @@ def reference(arrays, kw, dtype="float64", cot=None):
     r = lambda x: tf.cast(tf.cast(tf.constant(np.asarray(x, np.float64)), dtype), tf.float64).numpy()  # noqa
     a = {k: (r(v) if k in ("z1", "z2", "negatives") else v) for k, v in arrays.items()}
     v, g = hardneg.hcl_loss_and_grad(a.pop("z1"), a.pop("z2"), **a, **kw, cotangent=cot)
-    return v, dict(z1=g.z1, z2=g.z2, negatives=g.negatives)
+    return v, dict(z1=g.z1, z2=g.z2, negatives=g.negatives, temperature=g.temperature)
 
 
 def assert_close(got, want, tol, what):
@@ -129,9 +159,9 @@ def assert_close(got, want, tol, what):
 @pytest.mark.parametrize("name,extra,kw", FEATURES, ids=[f[0] for f in FEATURES])
 def test_float64_matches_reference(name, extra, kw, mode):
     arrays = dict(z1=D["z1"], z2=D["z2"], **extra)
-    n_anchors = 5 if "negatives" in extra else 10
-    cot = _cot(kw, n_anchors)
-    v, g = run_tf(arrays, kw, mode=mode, cot=cot, memory_budget=BUDGET)
+    cot = _cot(kw, n_anchors(arrays, kw))
+    t_tensor = "float64" if name in T_TENSOR else None
+    v, g = run_tf(arrays, kw, mode=mode, cot=cot, memory_budget=BUDGET, t_tensor=t_tensor)
     rv, rg = reference(arrays, kw, cot=cot)
     # Both sides compute in float64 with errors ~ eps * (magnitude of the log-domain terms), times a
     # small count of operations; 64 covers sums over <= 20 candidates with room to spare.
@@ -143,14 +173,22 @@ def test_float64_matches_reference(name, extra, kw, mode):
 
 @pytest.mark.parametrize("mode", ["graph", "xla", "unknown"])
 @pytest.mark.parametrize(
-    "extra,kw",
-    [({}, {}), (dict(labels=D["labels"]), dict(reduction="none")), (dict(negatives=D["per"]), dict(beta=math.inf))],
-    ids=["defaults", "labels_none", "per_anchor_inf"],
+    "extra,kw,t_tensor",
+    [({}, {}, None), (dict(labels=D["labels"]), dict(reduction="none"), None),
+     (dict(negatives=D["per"]), dict(beta=math.inf), None),
+     ({}, dict(tau_plus=0.9), "float64"),
+     (dict(negatives=D["shared"], labels=D["labels"], negative_labels=D["nl_shared"]),
+      dict(layout="cross", tau_plus=0.6), "float64"),
+     (dict(negatives=D["per"]), dict(layout="cross", reduction="none"), "float32")],
+    ids=["defaults", "labels_none", "per_anchor_inf", "t_tensor", "cross_shared_labels_t", "cross_per_anchor_none_t"],
 )
-def test_compiled_modes_match_reference(extra, kw, mode):
+def test_compiled_modes_match_reference(extra, kw, t_tensor, mode):
     arrays = dict(z1=D["z1"], z2=D["z2"], **extra)
-    cot = _cot(kw, 5 if "negatives" in extra else 10)
-    v, g = run_tf(arrays, kw, mode=mode, cot=cot, memory_budget=BUDGET)
+    cot = _cot(kw, n_anchors(arrays, kw))
+    v, g = run_tf(arrays, kw, mode=mode, cot=cot, memory_budget=BUDGET, t_tensor=t_tensor)
+    if t_tensor == "float32":  # t = 0.5 exactly in float32; d/dt comes back rounded to float32 once
+        rg_t = reference(arrays, kw, cot=cot)[1]["temperature"]
+        np.testing.assert_allclose(g.pop("temperature"), rg_t, rtol=2 * EPS32)
     rv, rg = reference(arrays, kw, cot=cot)
     tol = 64 * EPS64 * _cond(kw)  # as in the float64 test: XLA may reassociate, still a few roundings
     assert_close(v, rv, tol * max(1.0, np.max(np.abs(rv))), "value")
@@ -175,13 +213,15 @@ def test_unknown_batch_xla():
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize(
     "extra,kw",
-    [({}, {}), (dict(negatives=D["shared"], labels=D["labels"], negative_labels=D["nl_shared"]), dict(beta=2.0))],
-    ids=["in_batch", "shared_bank_labels"],
+    [({}, {}), (dict(negatives=D["shared"], labels=D["labels"], negative_labels=D["nl_shared"]), dict(beta=2.0)),
+     (dict(negatives=D["shared"]), dict(layout="cross", tau_plus=0.5))],
+    ids=["in_batch", "shared_bank_labels", "cross_bank_t"],
 )
 def test_lower_precision(dtype, extra, kw):
-    """Half inputs compute in float32 and round once to the input dtype (value and gradients)."""
+    """Half inputs compute in float32 and round once to the input dtype (value and gradients; the cross case
+    also takes the temperature as a tensor of the input dtype, 0.5 exactly, and checks d loss / d t)."""
     arrays = dict(z1=D["z1"], z2=D["z2"], **extra)
-    v, g = run_tf(arrays, kw, dtype=dtype)
+    v, g = run_tf(arrays, kw, dtype=dtype, t_tensor=dtype if kw.get("layout") == "cross" else None)
     rv, rg = reference(arrays, kw, dtype=dtype)  # same rounded inputs
     # float32 arithmetic errors (eps32 * conditioning, 64 operations' worth), then one rounding to the output
     # dtype: half an ulp of the result, allowed twice (the float32 result may sit on either side).
@@ -257,12 +297,42 @@ def _message(fn, *args, **kw):
         ((D["z1"], D["z2"]), dict(labels=np.zeros(5))),
         ((D["z1"], D["z2"]), dict(negatives=D["shared"], labels=D["labels"])),
         ((D["z1"], D["z2"]), dict(negatives=D["per"][:, :, :2])),
+        ((D["z1"], D["z2"]), dict(layout="clip")),
+        ((D["z1"], D["z2"]), dict(layout="in_batch", negatives=D["shared"])),
+        ((D["z1"], D["z2"]), dict(layout="bank")),
+        ((D["z1"], D["z2"]), dict(layout="cross", symmetric=1)),
+        ((D["z1"], D["z2"]), dict(symmetric=False)),
+        ((D["z1"][:1], D["z2"][:1]), dict(layout="cross")),
+        ((D["z1"], D["z2"]), dict(layout="cross", negatives=D["shared"], labels=D["labels"])),
     ],
 )
 def test_errors_are_the_references(args, kw):
     tf_args = [tf.constant(a) for a in args]
     tf_kw = {k: (tf.constant(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
     assert _message(hardneg_tf.hcl_loss, *tf_args, **tf_kw) == _message(hardneg.hcl_loss, *args, **kw)
+
+
+@pytest.mark.parametrize("t,err", [(tf.constant(1, tf.int32), TypeError), (tf.constant([0.5, 0.5]), ValueError),
+                                   (tf.Variable([[0.5]], dtype=tf.float64), ValueError)])
+def test_temperature_tensor_errors_are_the_shared_ones(t, err):
+    """A tensor temperature's dtype and shape go through hardneg.validation.check_temperature_tensor."""
+    from hardneg.validation import check_temperature_tensor
+
+    with pytest.raises(err) as want:
+        check_temperature_tensor(tuple(t.shape), t.dtype.name)
+    got = _message(hardneg_tf.hcl_loss, tf.constant(D["z1"]), tf.constant(D["z2"]), temperature=t, layout="cross")
+    assert got == (err, str(want.value))
+
+
+@pytest.mark.parametrize("t", [0.0, -0.5, math.inf, math.nan])
+@pytest.mark.parametrize("layout", [None, "cross"])
+def test_bad_tensor_temperature_gives_nan(t, layout):
+    """A tensor temperature's value is not checked (it may be traced): <= 0 or not finite gives NaN, under XLA too."""
+    arrays = dict(z1=D["z1"], z2=D["z2"], negatives=D["shared"])
+    kw = dict(temperature=t, layout=layout or "bank")
+    for mode in ["eager", "xla"]:
+        v, g = run_tf(arrays, kw, mode=mode, t_tensor="float64")
+        assert np.isnan(v) and all(np.isnan(x).all() for x in g.values()), (mode, g)
 
 
 def test_backend_only_errors():
@@ -273,10 +343,10 @@ def test_backend_only_errors():
         hardneg_tf.hcl_loss(z1, z2, gather=1)
 
     @tf.function
-    def traced(t):
-        return hardneg_tf.hcl_loss(z1, z2, temperature=t)
+    def traced(b):
+        return hardneg_tf.hcl_loss(z1, z2, beta=b)
 
-    with pytest.raises(TypeError, match="needs temperature as a Python value"):
+    with pytest.raises(TypeError, match="needs beta as a Python value"):
         traced(tf.constant(0.5))
     # an eager scalar tensor is read as its value
     np.testing.assert_allclose(hardneg_tf.hcl_loss(z1, z2, beta=tf.constant(2.0)).numpy(),
@@ -300,23 +370,31 @@ def _all_graphs(graph, seen=None):
                     yield from _all_graphs(graph._get_function(name).graph, seen)
 
 
-@pytest.mark.parametrize("extra,reduction", [({}, "mean"), ({}, "none"), (dict(shared=True), "mean")],
-                         ids=["in_batch_fused", "in_batch_two_pass", "shared_bank"])
+@pytest.mark.parametrize("extra,reduction", [({}, "mean"), ({}, "none"), (dict(shared=True), "mean"),
+                                             (dict(cross=True), "mean"), (dict(cross=True, shared=True), "none")],
+                         ids=["in_batch_fused", "in_batch_two_pass", "shared_bank", "cross_t", "cross_bank_t"])
 def test_no_tensor_of_the_full_similarity_size(extra, reduction):
-    """Trace forward + backward and inspect every tensor of every (nested) graph: none has A x C elements."""
+    """Trace forward + backward and inspect every tensor of every (nested) graph: none has A x C elements.
+
+    The cross cases take a tensor temperature and its gradient, and both directions: still no (B x B) array."""
     B, d, K = 64, 8, 96
     n = 2 * B
-    C = K if extra else n
-    A = B if extra else n
+    cross = extra.pop("cross", False)
+    if cross:
+        C, A = B + (K if extra else 0), B  # per direction: B anchors against B (+ K) candidates
+    else:
+        C = K if extra else n
+        A = B if extra else n
     budget = 8 * C * 4 * 6  # blocks of 8 anchor rows (six (rows x C) float32 buffers)
-    specs = [tf.TensorSpec([B, d])] * 2 + ([tf.TensorSpec([K, d])] if extra else [])
+    specs = [tf.TensorSpec([B, d])] * 2 + ([tf.TensorSpec([K, d])] if extra else []) + [tf.TensorSpec([])]
 
     @tf.function
     def step(*xs):
         with tf.GradientTape() as tape:
             tape.watch(xs)
             neg = {"negatives": xs[2]} if extra else {}
-            v = hardneg_tf.hcl_loss(xs[0], xs[1], **neg, reduction=reduction, memory_budget=budget)
+            kw = dict(layout="cross", temperature=xs[-1]) if cross else {}
+            v = hardneg_tf.hcl_loss(xs[0], xs[1], **neg, **kw, reduction=reduction, memory_budget=budget)
         return v, tape.gradient(v, list(xs))
 
     graph = step.get_concrete_function(*specs).graph
@@ -329,4 +407,21 @@ def test_no_tensor_of_the_full_similarity_size(extra, reduction):
     ]
     assert len(sizes) > 200  # the walk reached the loop bodies
     assert max(s for s, _ in sizes) < A * C // 4, max(sizes)
-    assert (8 * C, "MatMul") in sizes  # the blocks are there, of the planned size
+    assert (8 * (B if cross else C), "MatMul") in sizes  # the blocks are there, of the planned size
+
+
+@pytest.mark.parametrize("estimator", ["hard", "easy"])
+def test_naive_cross_baseline_matches_reference(estimator):
+    """The bench's naive CLIP-style code (hardneg.bench.naive_tf) computes the symmetric cross layout."""
+    from hardneg.bench import impls, naive_tf
+
+    # |s| <= 1/t = 2: the naive raw exponentials stay far from overflow
+    v, (g1, g2) = naive_tf.make_value_and_grad_cross(estimator=estimator, jit_compile=True)(
+        tf.constant(D["z1"]), tf.constant(D["z2"]))
+    rv, rg = hardneg.hcl_loss_and_grad(D["z1"], D["z2"], layout="cross", estimator=estimator)
+    # raw exp / log / division instead of log-sum-exp: a few hundred float64 roundings at most
+    np.testing.assert_allclose(float(v), rv, rtol=1e-12)
+    np.testing.assert_allclose(g1.numpy(), rg.z1, rtol=0, atol=1e-12 * np.abs(rg.z1).max())
+    np.testing.assert_allclose(g2.numpy(), rg.z2, rtol=0, atol=1e-12 * np.abs(rg.z2).max())
+    for name in ("naive_tf_cross_xla", "hardneg_tf_cross_xla"):  # the registry entries build and run
+        impls.build(name, 8, 4, "bfloat16", "cpu", estimator, {})()

@@ -9,11 +9,15 @@ File format (one file per theme; docs/conformance.md has the full description)::
      "cases": [{"name": ..., "description": ...,
                 "inputs": {"z1": [[...]], "z2": [[...]], "negatives"?: ..., "labels"?: ..., "negative_labels"?: ...},
                 "parameters": {"temperature": ..., "beta": ..., "tau_plus": ..., "estimator": ..., "clamp": ...,
-                               "normalize": ..., "reduction": ...},
+                               "normalize": ..., "reduction": ..., "layout"?: ..., "symmetric"?: ...},
                 "cotangent": number or [numbers],
                 "exact_in": ["float64", "float32", ...],
-                "expected": {"value": ..., "grad_z1": [[...]], "grad_z2": [[...]], "grad_negatives"?: ...},
+                "expected": {"value": ..., "grad_z1": [[...]], "grad_z2": [[...]], "grad_negatives"?: ...,
+                             "grad_temperature"?: ...},
                 "tolerance": {"value": ..., "grad_z1": [[...]], ...}}]}
+
+``layout``/``symmetric`` (spec 1.1) appear only in cases that name a layout (themes "cross", "temperature"); a
+missing ``layout`` means ``None``. ``grad_temperature`` is d loss / d temperature (spec 1.1 section 8).
 
 Numbers are JSON numbers (float64, shortest round-trip form) except the non-finite ones, written as the strings
 "NaN", "Infinity" and "-Infinity" (JSON has no literal for them); ``beta`` may be "Infinity". ``tolerance`` is the
@@ -75,11 +79,17 @@ def load(name: str) -> Dict[str, Any]:
         return json.load(fh)
 
 
-def load_all() -> Iterator[Dict[str, Any]]:
-    """Every case of every file, each with its file's theme added as ``"theme"``."""
+def load_all(objective: str = "hcl_loss") -> Iterator[Dict[str, Any]]:
+    """Every case of every file of ``objective``, each with its file's theme added as ``"theme"``.
+
+    A file names its objective in ``"objective"`` (absent: "hcl_loss"); jsd.json holds ``jsd_loss``'s vectors
+    (conformance/jsd_vectors.py).
+    """
     for path in sorted(DIRECTORY.glob("*.json")):
         with open(path) as fh:
             doc = json.load(fh)
+        if doc.get("objective", "hcl_loss") != objective:
+            continue
         for case in doc["cases"]:
             yield {**case, "theme": doc["theme"]}
 

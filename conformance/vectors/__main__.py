@@ -30,7 +30,8 @@ def _grid(rng: np.random.Generator, *shape) -> np.ndarray:
 
 
 def _case(name: str, description: str, z1, z2, negatives=None, labels=None, negative_labels=None,
-          cotangent: Any = 1.0, **params) -> Dict[str, Any]:
+          cotangent: Any = 1.0, temperature_grad: bool = False, **params) -> Dict[str, Any]:
+    """One vector; ``temperature_grad`` (spec 1.1) adds ``grad_temperature``, d loss / d t."""
     p = dict(DEFAULTS, **params)
     arrays = {"z1": z1, "z2": z2}
     if negatives is not None:
@@ -38,7 +39,7 @@ def _case(name: str, description: str, z1, z2, negatives=None, labels=None, nega
     c = Case(z1=z1, z2=z2, negatives=negatives,
              labels=None if labels is None else np.asarray(labels, dtype=np.int64),
              negative_labels=None if negative_labels is None else np.asarray(negative_labels, dtype=np.int64),
-             params=p, dtype="float64", cotangent=cotangent)
+             params=p, dtype="float64", cotangent=cotangent, temperature_grad=temperature_grad)
     value, grads = c.reference()
     tol = bounds(c, value, grads) if all(np.isfinite(a).all() for a in arrays.values()) else None
     exact = [dt for dt in ("float64", "float32", "float16", "bfloat16")
@@ -52,10 +53,14 @@ def _case(name: str, description: str, z1, z2, negatives=None, labels=None, nega
     tolerance: Optional[Dict[str, Any]] = None
     if negatives is not None:
         expected["grad_negatives"] = grads.negatives
+    if temperature_grad:
+        expected["grad_temperature"] = grads.temperature
     if tol is not None:
         tolerance = {"value": tol.value, "grad_z1": tol.grads["z1"], "grad_z2": tol.grads["z2"]}
         if negatives is not None:
             tolerance["grad_negatives"] = tol.grads["negatives"]
+        if temperature_grad:
+            tolerance["grad_temperature"] = tol.grads["temperature"]
     return encode({
         "name": name, "description": description, "inputs": inputs, "parameters": p,
         "cotangent": cotangent, "exact_in": exact, "expected": expected, "tolerance": tolerance,
@@ -142,6 +147,49 @@ def build() -> Dict[str, List[Dict[str, Any]]]:
         _case("tiny_norms", "rows scaled by 2^-50: norms below the 1e-12 epsilon", z1, tiny),
         _case("nonfinite", "a NaN input element: every output element NaN", nan, z2),
     ]
+    # spec 1.1 (new files; the themes above are unchanged): the cross layout and d loss / d temperature
+    rng11 = np.random.default_rng(20261129)
+    c1, c2 = _grid(rng11, B, d), _grid(rng11, B, d)
+    cbank, cbank3 = _grid(rng11, K, d), _grid(rng11, B, K, d)
+    cross = dict(layout="cross", temperature_grad=True)
+    themes["cross"] = [
+        _case("symmetric", "layout='cross': z1's anchors against z2's rows, then z2's against z1's (CLIP)", c1, c2,
+              **cross),
+        _case("one_way", "layout='cross', symmetric=False: z1's anchors only", c1, c2, symmetric=False, **cross),
+        _case("none", "reduction='none': 2B losses, z1's anchors then z2's; a cotangent vector", c1, c2,
+              reduction="none", cotangent=cot_none, **cross),
+        _case("shared_bank", "a (K, d) bank after z2's rows for z1's anchors; the reverse direction ignores it",
+              c1, c2, negatives=cbank, **cross),
+        _case("shared_bank_one_way", "one way with a shared bank: MultipleNegativesRankingLoss's layout", c1, c2,
+              negatives=cbank, symmetric=False, **cross),
+        _case("per_anchor_bank", "a (B, K, d) bank: anchor i's own hard negatives, reduction='none'", c1, c2,
+              negatives=cbank3, reduction="none", cotangent=cot_none, **cross),
+        _case("labels", "labels remove same-label candidates of both directions", c1, c2, labels=[0, 1, 0, 2],
+              **cross),
+        _case("labels_bank", "labels with a shared bank and negative_labels", c1, c2, negatives=cbank,
+              labels=[0, 1, 0, 2], negative_labels=[0, 1, 1, 2, 3], beta=2.0, **cross),
+        _case("clip", "estimator 'easy': CLIP's loss at t = 0.0625", c1, c2, estimator="easy", temperature=0.0625,
+              **cross),
+        _case("mnrl", "estimator 'easy', one way, shared bank: MNRL with scale 20 (t = 0.05)", c1, c2,
+              negatives=cbank, estimator="easy", temperature=0.05, symmetric=False, **cross),
+        _case("single_pair_bank", "B = 1 with a bank: the reverse anchor has no negative (loss 0)", c1[:1], c2[:1],
+              negatives=cbank, reduction="none", cotangent=cot_none[:2], **cross),
+    ]
+    caligned = c1 + np.round(rng11.uniform(-1, 1, size=(B, d))) / 16
+    themes["temperature"] = [
+        _case("in_batch", "d loss / d t, in-batch, off the floor", c1, c2, temperature_grad=True),
+        _case("floor", "near-identical pairs, tau+ = 0.9: the floor binds, d/dt has the floor's own term", c1,
+              caligned, tau_plus=0.9, temperature_grad=True),
+        _case("identical_pairs", "z2 = z1, tau+ = 0.9: every anchor on the floor", c1, c1.copy(), tau_plus=0.9,
+              reduction="none", cotangent=cot_none, temperature_grad=True),
+        _case("cross_floor", "cross layout, near-identical pairs, tau+ = 0.9", c1, caligned, tau_plus=0.9,
+              layout="cross", temperature_grad=True),
+        _case("bank", "a shared bank, t = 0.1, beta = 3", c1, c2, negatives=cbank, temperature=0.1, beta=3.0,
+              temperature_grad=True),
+        _case("no_clamp", "clamp=False, tau+ = 0.05", c1, c2, clamp=False, tau_plus=0.05, temperature_grad=True),
+        _case("explicit_in_batch", "layout='in_batch' named explicitly: the same as layout=None", c1, c2,
+              layout="in_batch", temperature_grad=True),
+    ]
     return themes
 
 
@@ -156,15 +204,18 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="compare with the files instead of writing them")
     args = ap.parse_args(argv)
     stale = []
-    for theme, cases in build().items():
-        text = render(theme, cases)
-        path = DIRECTORY / f"{theme}.json"
+    from conformance.jsd_vectors import build_jsd, render_jsd  # the graph objective's vectors: jsd.json
+
+    files = [(DIRECTORY / f"{theme}.json", render(theme, cases), len(cases)) for theme, cases in build().items()]
+    jsd_cases = build_jsd()
+    files.append((DIRECTORY / "jsd.json", render_jsd(jsd_cases), len(jsd_cases)))
+    for path, text, n_cases in files:
         if args.check:
             if not path.exists() or path.read_text() != text:
                 stale.append(path.name)
         else:
             path.write_text(text)
-            print(f"wrote {path} ({len(cases)} cases)")
+            print(f"wrote {path} ({n_cases} cases)")
     if stale:
         print(f"out of date: {', '.join(stale)} (run python -m conformance.vectors)", file=sys.stderr)
         return 1

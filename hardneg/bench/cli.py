@@ -26,7 +26,7 @@ import json
 import os
 import platform
 import sys
-from typing import List
+from typing import List, Optional
 
 from . import impls as _impls
 from .harness import Harness, Settings, format_bytes, parse_bytes
@@ -72,18 +72,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  --full    B in {256, ..., 8192}, 5 repetitions, largest-batch search up to 300 s per step\n"
         "implementations: " + ", ".join(_impls.IMPLS) + "\n"
         "Each measurement runs in its own process; memory is the peak above a small-batch run of the same\n"
-        "program. Ratios to the naive baseline and the matmul floor measured in the same run are the headline."
+        "program. Ratios to the naive baseline and the matmul floor measured in the same run are the headline.\n"
+        "On a loaded machine (1-minute load average above the CPU count) a warning is printed and recorded in\n"
+        "results.json: measure on an idle machine, or with --threads 1."
     )
     parser.add_argument("--backend", default="all", type=_csv(str, ("torch", "jax", "tf", "all")),
                         help="framework(s) to benchmark, comma-separated: torch, jax, tf or all (default: all)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="two sizes, float32, no largest-batch search")
     mode.add_argument("--full", action="store_true", help="more sizes and repetitions (long)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--out", metavar="DIR", help="write results.json and PNG plots here")
-    parser.add_argument("--budget", type=_bytes, default=parse_bytes("8GB"),
-                        help="memory a measurement may use above its small-batch run; processes beyond it are "
-                             "killed and the largest batch is searched within it (default 8GB)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the tensors live: cpu (default; memory is the process's peak resident "
+                             "memory) or cuda (the first GPU; memory is the framework's peak device memory)")
+    parser.add_argument("--out", metavar="DIR",
+                        help="directory to write results.json (every measurement, the ratios, the machine and "
+                             "its load) and the PNG plots time_<estimator>.png and memory_<estimator>.png; "
+                             "created if missing (default: print the table only)")
+    parser.add_argument("--budget", type=_bytes, default=parse_bytes("8GB"), metavar="SIZE",
+                        help="memory one measurement may use above its small-batch run, e.g. 8GB, 512MB, "
+                             "4GiB; on cpu a process beyond it is killed, on cuda torch may allocate no more "
+                             "than it; the largest-batch search stays within it (default 8GB)")
     parser.add_argument("--dtype", type=_csv(str, _DTYPES),
                         help="comma-separated dtypes (default float32,bfloat16; float32 with --quick)")
     parser.add_argument("--batch", type=_csv(int), help="comma-separated batch sizes B (pairs); overrides the preset")
@@ -102,7 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="batch of the run whose peak memory is subtracted (default 16)")
     parser.add_argument("--timeout", type=float, default=900.0, help="kill one measurement after this (seconds)")
     parser.add_argument("--threads", type=int,
-                        help="run every measurement on this many CPUs (default: all, the frameworks' default)")
+                        help="run every measurement on this many CPUs (default: all, the frameworks' default); "
+                             "on a machine shared with other jobs, --threads 1 keeps thread pools from "
+                             "waiting on a descheduled thread")
 
 
 def _version(dist: str):
@@ -124,6 +134,39 @@ def _machine() -> dict:
     info["versions"] = {d: _version(d) for d in ("hardneg", "torch", "jax", "jaxlib", "tensorflow",
                                                   "tensorflow-cpu", "lightly", "pytorch-metric-learning")}
     return info
+
+
+def machine_load() -> Optional[float]:
+    """The 1-minute load average, or None where the system has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def load_warning(load1: Optional[float], cpus: int, threads: Optional[int]) -> Optional[str]:
+    """The warning for a machine whose 1-minute load average is above its CPU count, else None.
+
+    Other jobs slow every measurement, and multi-threaded ones most: at B = 1024 torch's two OpenMP threads
+    were measured 10x slower next to another job, where a single thread loses only its share of the CPU.
+    """
+    if load1 is None or load1 <= cpus:
+        return None
+    msg = (f"warning: the machine is loaded (1-minute load average {load1:.2f} on {cpus} CPUs): other jobs "
+           "slow the measurements, multi-threaded ones most (torch's two OpenMP threads measured 10x slower "
+           "at B = 1024 next to another job). Measure on an idle machine")
+    if threads is None:
+        msg += (", or pass --threads 1 (--threads N: N CPUs per measurement) so that no thread pool waits on "
+                "a descheduled thread")
+    return msg + "; ratios measured in the same run suffer less than absolute times."
 
 
 def _plan(args, preset):
@@ -160,6 +203,11 @@ def run(args) -> int:
         print("hardneg bench: nothing to measure (no selected implementation is installed)", file=sys.stderr)
         return 2
 
+    load = {"load1_start": machine_load(), "cpus": usable_cpus(), "threads": args.threads}
+    load["warning"] = load_warning(load["load1_start"], load["cpus"], args.threads)
+    if load["warning"]:
+        print(f"hardneg bench: {load['warning']}", file=sys.stderr)
+
     settings = Settings(dim=args.dim, device=args.device, warmup=max(1, args.warmup), reps=max(1, reps),
                         timeout_s=args.timeout, budget_bytes=args.budget, small_batch=args.small_batch,
                         threads=args.threads)
@@ -185,13 +233,17 @@ def run(args) -> int:
 
     meta = {"command": "hardneg bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else " ".join(sys.argv),
             "date": started,
-            "machine": _machine(), "skipped": skipped, "implementations": {
+            "machine": _machine(), "load": dict(load, load1_end=machine_load()), "skipped": skipped,
+            "implementations": {
                 n: {"label": _impls.get(n).label, "kind": _impls.get(n).kind, "framework": _impls.get(n).framework}
                 for n in chosen}}
     data = harness.to_json(meta)
     from .report import format_results
 
     print(format_results(data))
+    if load["warning"]:
+        print(f"\n(measured on a loaded machine: load average {load['load1_start']:.2f} on {load['cpus']} CPUs "
+              "at the start; see the warning above)")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, "results.json")

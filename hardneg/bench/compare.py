@@ -19,18 +19,26 @@ __all__ = ["TARGETS", "compare", "main"]
 # "x floor" = time / floor time (<= bound), "memory" = extra memory / baseline's (<= bound).
 TARGETS = {
     "torch": [("hardneg_torch", "naive_torch", "speedup", 4.0), ("hardneg_torch", "floor_torch", "x floor", 2.5),
-              ("hardneg_torch", "naive_torch", "memory", 0.1)],
+              ("hardneg_torch", "naive_torch", "memory", 0.1),
+              ("hardneg_torch_cross", "naive_torch_cross", "speedup", 4.0),
+              ("hardneg_torch_cross", "naive_torch_cross", "memory", 0.1)],
     "jax": [("hardneg_jax", "naive_jax", "speedup", 1.0), ("hardneg_jax", "floor_jax", "x floor", 2.5),
-            ("hardneg_jax", "naive_jax", "memory", 0.1)],
+            ("hardneg_jax", "naive_jax", "memory", 0.1),
+            ("hardneg_jax_cross", "naive_jax_cross", "speedup", 1.0),
+            ("hardneg_jax_cross", "naive_jax_cross", "memory", 0.1)],
     "tf": [("hardneg_tf", "naive_tf_xla", "speedup", 0.8), ("hardneg_tf", "naive_tf", "speedup", 1.0),
            ("hardneg_tf", "naive_tf_xla", "memory", 0.1),
            ("hardneg_tf_xla", "naive_tf_xla", "speedup", 0.8), ("hardneg_tf_xla", "naive_tf", "speedup", 1.0),
-           ("hardneg_tf_xla", "naive_tf_xla", "memory", 0.1)],
+           ("hardneg_tf_xla", "naive_tf_xla", "memory", 0.1),
+           ("hardneg_tf_cross_xla", "naive_tf_cross_xla", "speedup", 1.0),
+           ("hardneg_tf_cross_xla", "naive_tf_cross_xla", "memory", 0.1)],
 }
 ORDER = {
-    "torch": ["floor_torch", "naive_torch", "hardneg_torch"],
-    "jax": ["floor_jax", "naive_jax", "hardneg_jax"],
-    "tf": ["floor_tf", "naive_tf_xla", "naive_tf", "hardneg_tf", "hardneg_tf_xla"],
+    "torch": ["floor_torch", "naive_torch", "hardneg_torch", "hardneg.bench.naive_torch:build_floor_cross",
+              "naive_torch_cross", "hardneg_torch_cross"],
+    "jax": ["floor_jax", "naive_jax", "hardneg_jax", "naive_jax_cross", "hardneg_jax_cross"],
+    "tf": ["floor_tf", "naive_tf_xla", "naive_tf", "hardneg_tf", "hardneg_tf_xla", "naive_tf_cross_xla",
+           "hardneg_tf_cross_xla"],
 }
 
 

@@ -59,6 +59,10 @@ IMPLS: Dict[str, Impl] = {
              install_hint="pip install 'hardneg[torch]'", builder="_torch_backend"),
         Impl("naive_torch", "torch", "naive", ("torch",), "naive torch (eager)", builder="_torch_naive"),
         Impl("floor_torch", "torch", "floor", ("torch",), "floor: 3 matmuls (torch)", builder="_torch_floor"),
+        Impl("hardneg_torch_cross", "torch", "backend", ("torch", "hardneg_torch"),
+             "hardneg_torch cross layout (eager)", install_hint="pip install 'hardneg[torch]'", builder="_torch_backend_cross"),
+        Impl("naive_torch_cross", "torch", "naive", ("torch",), "naive torch CLIP-style cross (eager)",
+             builder="_torch_naive_cross"),
         Impl("lightly_ntxent", "torch", "external", ("torch", "lightly"), "lightly NTXentLoss",
              estimators=("easy",), install_hint="pip install lightly", builder="_torch_lightly"),
         Impl("pml_ntxent", "torch", "external", ("torch", "pytorch_metric_learning"), "PML NTXentLoss",
@@ -67,6 +71,10 @@ IMPLS: Dict[str, Impl] = {
              install_hint="pip install 'hardneg[jax]'", builder="_jax_backend"),
         Impl("naive_jax", "jax", "naive", ("jax",), "naive jax (jit)", builder="_jax_naive"),
         Impl("floor_jax", "jax", "floor", ("jax",), "floor: 3 matmuls (jax jit)", builder="_jax_floor"),
+        Impl("hardneg_jax_cross", "jax", "backend", ("jax", "hardneg_jax"), "hardneg_jax cross layout (jit)",
+             install_hint="pip install 'hardneg[jax]'", builder="_jax_backend_cross"),
+        Impl("naive_jax_cross", "jax", "naive", ("jax",), "naive jax CLIP-style cross (jit)",
+             builder="_jax_naive_cross"),
         Impl("hardneg_tf", "tf", "backend", ("tensorflow", "hardneg_tf"), "hardneg_tf (tf.function)",
              install_hint="pip install 'hardneg[tf]'", builder="_tf_backend"),
         Impl("hardneg_tf_xla", "tf", "backend", ("tensorflow", "hardneg_tf"), "hardneg_tf (XLA)",
@@ -74,6 +82,10 @@ IMPLS: Dict[str, Impl] = {
         Impl("naive_tf", "tf", "naive", ("tensorflow",), "naive tf (tf.function)", builder="_tf_naive"),
         Impl("naive_tf_xla", "tf", "naive", ("tensorflow",), "naive tf (XLA)", builder="_tf_naive_xla"),
         Impl("floor_tf", "tf", "floor", ("tensorflow",), "floor: 3 matmuls (tf)", builder="_tf_floor"),
+        Impl("hardneg_tf_cross_xla", "tf", "backend", ("tensorflow", "hardneg_tf"), "hardneg_tf cross layout (XLA)",
+             install_hint="pip install 'hardneg[tf]'", builder="_tf_backend_cross_xla"),
+        Impl("naive_tf_cross_xla", "tf", "naive", ("tensorflow",), "naive tf CLIP-style cross (XLA)",
+             builder="_tf_naive_cross_xla"),
     ]
 }
 
@@ -82,10 +94,13 @@ BASELINES: Dict[str, str] = {
     "hardneg_torch": "naive_torch",
     "lightly_ntxent": "naive_torch",
     "pml_ntxent": "naive_torch",
+    "hardneg_torch_cross": "naive_torch_cross",
     "hardneg_jax": "naive_jax",
+    "hardneg_jax_cross": "naive_jax_cross",
     "hardneg_tf": "naive_tf_xla",
     "hardneg_tf_xla": "naive_tf_xla",
     "naive_tf": "naive_tf_xla",
+    "hardneg_tf_cross_xla": "naive_tf_cross_xla",
 }
 #: The floor of each framework.
 FLOORS: Dict[str, str] = {"torch": "floor_torch", "jax": "floor_jax", "tf": "floor_tf"}
@@ -214,6 +229,18 @@ def _torch_floor(batch, dim, dtype, device, estimator, hp, seed):
     return step
 
 
+def _torch_backend_cross(batch, dim, dtype, device, estimator, hp, seed):
+    from . import naive_torch
+
+    return naive_torch.build_backend_cross(batch, dim, dtype, device, estimator, hp, seed)
+
+
+def _torch_naive_cross(batch, dim, dtype, device, estimator, hp, seed):
+    from . import naive_torch
+
+    return naive_torch.build_naive_cross(batch, dim, dtype, device, estimator, hp, seed)
+
+
 def _torch_lightly(batch, dim, dtype, device, estimator, hp, seed):
     from lightly.loss import NTXentLoss
 
@@ -271,6 +298,24 @@ def _jax_naive(batch, dim, dtype, device, estimator, hp, seed):
     z1, z2 = _jax_inputs(batch, dim, dtype, device, seed)
     t, b, tp = hp["temperature"], hp["beta"], hp["tau_plus"]
     return lambda: jax.block_until_ready(naive_jax.value_and_grad(z1, z2, t, b, tp, estimator=estimator))
+
+
+def _jax_backend_cross(batch, dim, dtype, device, estimator, hp, seed):
+    import hardneg_jax
+
+    z1, z2 = _jax_inputs(batch, dim, dtype, device, seed)
+    return _jax_value_and_grad_step(
+        lambda a, b: hardneg_jax.hcl_loss(a, b, estimator=estimator, layout="cross", **hp), z1, z2)
+
+
+def _jax_naive_cross(batch, dim, dtype, device, estimator, hp, seed):
+    import jax
+
+    from . import naive_jax
+
+    z1, z2 = _jax_inputs(batch, dim, dtype, device, seed)
+    t, b, tp = hp["temperature"], hp["beta"], hp["tau_plus"]
+    return lambda: jax.block_until_ready(naive_jax.cross_value_and_grad(z1, z2, t, b, tp, estimator=estimator))
 
 
 def _jax_floor(batch, dim, dtype, device, estimator, hp, seed):
@@ -342,6 +387,22 @@ def _tf_naive(batch, dim, dtype, device, estimator, hp, seed, jit_compile=False)
 
 def _tf_naive_xla(**kw):
     return _tf_naive(**kw, jit_compile=True)
+
+
+def _tf_backend_cross_xla(batch, dim, dtype, device, estimator, hp, seed):
+    import hardneg_tf
+
+    z1, z2 = _tf_inputs(batch, dim, dtype, device, seed)
+    return _tf_tape_step(lambda a, b: hardneg_tf.hcl_loss(a, b, estimator=estimator, layout="cross", **hp), z1, z2,
+                         True)
+
+
+def _tf_naive_cross_xla(batch, dim, dtype, device, estimator, hp, seed):
+    from . import naive_tf
+
+    z1, z2 = _tf_inputs(batch, dim, dtype, device, seed)
+    f = naive_tf.make_value_and_grad_cross(estimator=estimator, jit_compile=True, **hp)
+    return lambda: _tf_sync(f(z1, z2))
 
 
 def _tf_floor(batch, dim, dtype, device, estimator, hp, seed):

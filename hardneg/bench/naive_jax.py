@@ -13,6 +13,10 @@ users write it; the mean over negatives divides by M = 2B - 2.
 References
 ----------
 Robinson, Chuang, Sra, Jegelka. Contrastive Learning with Hard Negative Samples. ICLR 2021 (released code).
+
+:func:`hcl_cross_loss` is the cross layout (spec 1.1) written the way CLIP-style code is: one (B x B) logit
+matrix ``u1 u2^T / t`` and its transpose, the same released formula applied to the rows of each (positive on
+the diagonal, M = B - 1), the mean over the 2B anchors.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-__all__ = ["hcl_loss", "value_and_grad", "floor", "negative_mask"]
+__all__ = ["hcl_loss", "value_and_grad", "floor", "negative_mask", "hcl_cross_loss", "cross_value_and_grad"]
 
 
 def negative_mask(batch: int) -> jax.Array:
@@ -94,3 +98,47 @@ def floor(u):
     """
     s = u @ u.T
     return s @ u, s.T @ u
+
+
+def _released_rows(logits, temperature, beta, tau_plus, estimator):
+    """The released formula on the rows of a (B x B) logit matrix whose diagonal holds the positives."""
+    batch = logits.shape[0]
+    n_neg = batch - 1
+    neg = jnp.exp(logits)
+    neg = jnp.where(~jnp.eye(batch, dtype=bool), neg, 0)
+    pos = jnp.exp(jnp.diagonal(logits))
+    if estimator == "hard":
+        imp = jnp.exp(beta * jnp.log(neg))
+        reweight_neg = (imp * neg).sum(axis=-1) / (imp.sum(axis=-1) / n_neg)
+        ng = (-tau_plus * n_neg * pos + reweight_neg) / (1 - tau_plus)
+        ng = jnp.maximum(ng, n_neg * jnp.exp(-1.0 / temperature).astype(ng.dtype))
+    elif estimator == "easy":
+        ng = neg.sum(axis=-1)
+    else:
+        raise ValueError(f"estimator must be 'hard' or 'easy'; got {estimator!r}")
+    return -jnp.log(pos / (pos + ng))
+
+
+def hcl_cross_loss(z1, z2, temperature=0.5, beta=1.0, tau_plus=0.1, estimator="hard"):
+    """Naive cross-layout (CLIP-style, symmetric) HCL loss: two full (B x B) logit matrices, mean over 2B anchors.
+
+    Parameters
+    ----------
+    z1, z2 : jax.Array, shape (B, d)
+        Anchors and candidates (normalised here); row i of each is a positive pair.
+    temperature, beta, tau_plus : float (may be traced)
+    estimator : {"hard", "easy"} (static)
+
+    Returns
+    -------
+    jax.Array, scalar.
+    """
+    u1, u2 = _normalize(z1), _normalize(z2)
+    logits = u1 @ u2.T / temperature
+    rows = _released_rows(logits, temperature, beta, tau_plus, estimator)
+    cols = _released_rows(logits.T, temperature, beta, tau_plus, estimator)
+    return (rows.sum() + cols.sum()) / (2 * z1.shape[0])
+
+
+#: ``jax.jit(jax.value_and_grad(hcl_cross_loss, argnums=(0, 1)))``.
+cross_value_and_grad = jax.jit(jax.value_and_grad(hcl_cross_loss, argnums=(0, 1)), static_argnames=("estimator",))

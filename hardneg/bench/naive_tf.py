@@ -11,6 +11,10 @@ divides by M = 2B - 2.
            Ng_i = (sum_j imp_ij neg_ij / mean_j imp_ij - tau+ M pos_i) / (1 - tau+),  Ng_i >= M e^{-1/t}
     loss = mean_i -log(pos_i / (pos_i + Ng_i))
 
+:func:`hcl_loss_cross` is the cross layout (spec 1.1) written the way CLIP-style code is: the (B x B) logit
+matrix u1 u2^T / t and its transpose, the same arithmetic per row (M = B - 1 negatives: the off-diagonal
+entries), mean over the 2B anchors of both directions.
+
 References
 ----------
 Robinson, Chuang, Sra, Jegelka. Contrastive Learning with Hard Negative Samples. ICLR 2021 (released code).
@@ -22,7 +26,8 @@ import math
 
 import tensorflow as tf
 
-__all__ = ["hcl_loss", "make_value_and_grad", "floor_graph", "floor_xla", "negative_mask"]
+__all__ = ["hcl_loss", "make_value_and_grad", "floor_graph", "floor_xla", "negative_mask", "hcl_loss_cross",
+           "make_value_and_grad_cross"]
 
 
 def negative_mask(batch: int) -> tf.Tensor:
@@ -67,6 +72,59 @@ def hcl_loss(z1, z2, temperature=0.5, beta=1.0, tau_plus=0.1, estimator="hard"):
     else:
         raise ValueError(f"estimator must be 'hard' or 'easy'; got {estimator!r}")
     return tf.reduce_mean(-tf.math.log(pos / (pos + ng)))
+
+
+def _released_rows(logits, temperature, beta, tau_plus, estimator):
+    """The released per-anchor arithmetic on a (B x B) logit matrix whose diagonal holds the positives."""
+    batch = int(logits.shape[0])
+    n_neg = batch - 1
+    off = tf.logical_not(tf.eye(batch, dtype=tf.bool))
+    e = tf.exp(logits)
+    neg = tf.where(off, e, tf.zeros_like(e))
+    pos = tf.linalg.diag_part(e)
+    if estimator == "hard":
+        imp = tf.exp(beta * tf.math.log(neg))
+        reweight_neg = tf.reduce_sum(imp * neg, axis=-1) / (tf.reduce_sum(imp, axis=-1) / n_neg)
+        ng = (-tau_plus * n_neg * pos + reweight_neg) / (1 - tau_plus)
+        ng = tf.maximum(ng, tf.cast(n_neg * math.e ** (-1 / temperature), ng.dtype))
+    elif estimator == "easy":
+        ng = tf.reduce_sum(neg, axis=-1)
+    else:
+        raise ValueError(f"estimator must be 'hard' or 'easy'; got {estimator!r}")
+    return -tf.math.log(pos / (pos + ng))
+
+
+def hcl_loss_cross(z1, z2, temperature=0.5, beta=1.0, tau_plus=0.1, estimator="hard"):
+    """Naive cross-layout (CLIP-style, symmetric) HCL loss: two full (B x B) logit matrices, mean over 2B anchors.
+
+    Parameters
+    ----------
+    z1, z2 : tf.Tensor, shape (B, d) with B known
+        Anchors and candidates (normalised here); row i of each is a positive pair.
+    temperature, beta, tau_plus : float
+    estimator : {"hard", "easy"}
+
+    Returns
+    -------
+    tf.Tensor, scalar, in the input's dtype.
+    """
+    u1, u2 = tf.math.l2_normalize(z1, axis=-1), tf.math.l2_normalize(z2, axis=-1)
+    logits = tf.matmul(u1, u2, transpose_b=True) / temperature
+    rows = _released_rows(logits, temperature, beta, tau_plus, estimator)
+    cols = _released_rows(tf.transpose(logits), temperature, beta, tau_plus, estimator)
+    return (tf.reduce_sum(rows) + tf.reduce_sum(cols)) / (2 * int(z1.shape[0]))
+
+
+def make_value_and_grad_cross(temperature=0.5, beta=1.0, tau_plus=0.1, estimator="hard", jit_compile=False):
+    """A compiled training-step function ``(z1, z2) -> (loss, (dz1, dz2))`` of :func:`hcl_loss_cross`."""
+
+    def step(z1, z2):
+        with tf.GradientTape() as tape:
+            tape.watch([z1, z2])
+            loss = hcl_loss_cross(z1, z2, temperature, beta, tau_plus, estimator)
+        return loss, tuple(tape.gradient(loss, [z1, z2]))
+
+    return tf.function(step, jit_compile=jit_compile)
 
 
 def make_value_and_grad(temperature=0.5, beta=1.0, tau_plus=0.1, estimator="hard", jit_compile=False):

@@ -24,7 +24,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["hcl_loss", "floor", "negative_mask"]
+__all__ = ["hcl_loss", "floor", "negative_mask", "hcl_loss_cross", "floor_cross", "build_backend_cross",
+           "build_naive_cross", "build_floor_cross"]
 
 
 def negative_mask(batch: int, device=None) -> torch.Tensor:
@@ -90,3 +91,98 @@ def floor(u: torch.Tensor):
     """
     s = u @ u.T
     return s @ u, s.T @ u
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The cross layout (CLIP / sentence-transformers), spec 1.1
+
+
+def _released_direction(logits: torch.Tensor, temperature, beta, tau_plus, estimator) -> torch.Tensor:
+    """The released per-anchor formula on one (B x B) logit matrix whose diagonal holds the positives."""
+    batch = logits.shape[0]
+    neg_all = torch.exp(logits)
+    pos = neg_all.diagonal()
+    mask = ~torch.eye(batch, dtype=torch.bool, device=logits.device)
+    neg = neg_all.masked_select(mask).view(batch, -1)
+    if estimator == "hard":
+        n_neg = batch - 1
+        imp = (beta * neg.log()).exp()
+        reweight_neg = (imp * neg).sum(dim=-1) / imp.mean(dim=-1)
+        ng = (-tau_plus * n_neg * pos + reweight_neg) / (1 - tau_plus)
+        ng = torch.clamp(ng, min=n_neg * math.e ** (-1 / temperature))
+    elif estimator == "easy":
+        ng = neg.sum(dim=-1)
+    else:
+        raise ValueError(f"estimator must be 'hard' or 'easy'; got {estimator!r}")
+    return -torch.log(pos / (pos + ng))
+
+
+def hcl_loss_cross(z1, z2, temperature=0.5, beta=1.0, tau_plus=0.1, estimator="hard"):
+    """Naive symmetric cross-layout HCL loss, written as CLIP code is: two full (B x B) logit matrices.
+
+    ``logits_per_1 = u1 u2^T / t`` and ``logits_per_2 = u2 u1^T / t`` (as CLIP's ``logits_per_image`` and
+    ``logits_per_text``), the released HCL formula applied to each (positives on the diagonal,
+    M = B - 1), mean over the 2B anchors. Raw ``exp``, autograd's backward; memory quadratic in B.
+
+    Parameters
+    ----------
+    z1, z2 : torch.Tensor, shape (B, d)
+    temperature, beta, tau_plus : float
+    estimator : {"hard", "easy"}
+
+    Returns
+    -------
+    torch.Tensor, scalar.
+    """
+    u1, u2 = F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)
+    l1 = _released_direction(u1 @ u2.t() / temperature, temperature, beta, tau_plus, estimator)
+    l2 = _released_direction(u2 @ u1.t() / temperature, temperature, beta, tau_plus, estimator)
+    return torch.cat([l1, l2]).mean()
+
+
+def floor_cross(u1: torch.Tensor, u2: torch.Tensor):
+    """The three (B x d)(d x B)-class products both directions of the cross layout need at least.
+
+    ``S = U1 U2^T`` serves both directions (the reverse direction's logits are ``S^T``), and the gradient
+    takes ``G U2`` and ``G^T U1``, with ``G`` (B x B) standing for the gradient with respect to S.
+
+    Returns
+    -------
+    (G U2, G^T U1) : two tensors of shape (B, d).
+    """
+    s = u1 @ u2.T
+    return s @ u2, s.T @ u1
+
+
+def build_backend_cross(batch, dim, dtype, device, estimator, hp, seed):
+    """``hardneg bench`` builder (``hardneg.bench.naive_torch:build_backend_cross``): hardneg_torch, symmetric
+    cross layout, one forward+backward step."""
+    import hardneg_torch
+
+    from .impls import _torch_inputs, _torch_loss_step
+
+    z1, z2 = _torch_inputs(batch, dim, dtype, device, seed)
+    return _torch_loss_step(lambda a, b: hardneg_torch.hcl_loss(a, b, estimator=estimator, layout="cross", **hp),
+                            z1, z2, device)
+
+
+def build_naive_cross(batch, dim, dtype, device, estimator, hp, seed):
+    """Builder of :func:`hcl_loss_cross`, one forward+backward step."""
+    from .impls import _torch_inputs, _torch_loss_step
+
+    z1, z2 = _torch_inputs(batch, dim, dtype, device, seed)
+    return _torch_loss_step(lambda a, b: hcl_loss_cross(a, b, estimator=estimator, **hp), z1, z2, device)
+
+
+def build_floor_cross(batch, dim, dtype, device, estimator, hp, seed):
+    """Builder of :func:`floor_cross` on (B, d) inputs."""
+    from .impls import _torch_inputs, _torch_sync
+
+    u1, u2 = _torch_inputs(batch, dim, dtype, device, seed, grad=False)
+
+    def step():
+        with torch.no_grad():
+            floor_cross(u1, u2)
+        _torch_sync(device)
+
+    return step

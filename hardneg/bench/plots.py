@@ -5,6 +5,7 @@ Uses matplotlib's Agg backend (no display needed); imported only when plots are 
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Dict, List
 
@@ -23,16 +24,23 @@ def _style(impl: str, kind: str, framework: str) -> dict:
 
 
 def _figure(data: dict, estimator: str, metric: str, path: str) -> None:
-    import matplotlib
+    figure(data, estimator, metric).savefig(path, dpi=110, bbox_inches="tight")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def figure(data: dict, estimator: str, metric: str):
+    """The matplotlib Figure of one plot: a panel per dtype, one legend for all of them below the panels, so
+    that it never covers a line (saved with ``bbox_inches="tight"``, which makes room for it)."""
+    # A Figure with its own Agg canvas, outside pyplot: no display, no global state, nothing to close.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     rows = [m for m in data["measurements"] if m["estimator"] == estimator and m["status"] == "ok"]
     if metric == "memory":
         rows = [m for m in rows if m["kind"] != "floor"]  # the floor's memory is not a target
     dtypes = list(dict.fromkeys(m["dtype"] for m in rows))
-    fig, axes = plt.subplots(1, max(1, len(dtypes)), figsize=(6.0 * max(1, len(dtypes)), 4.5), squeeze=False)
+    fig = Figure(figsize=(6.0 * max(1, len(dtypes)), 4.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, max(1, len(dtypes)), squeeze=False)
     s = data["settings"]
     for ax, dtype in zip(axes[0], dtypes):
         lines: Dict[str, List[dict]] = {}
@@ -54,10 +62,16 @@ def _figure(data: dict, estimator: str, metric: str, path: str) -> None:
                       else f"peak memory above B={s['small_batch']} run (MB)")
         ax.set_title(f"{dtype}, estimator={estimator}, d={s['dim']}, {s['device']}")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+    handles = {}
+    for ax in axes[0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    if handles:
+        rows = math.ceil(len(handles) / (3 * max(1, len(dtypes))))  # at most 3 entries per panel width
+        fig.legend(list(handles.values()), list(handles), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=math.ceil(len(handles) / rows), fontsize=8, frameon=False)
+    return fig
 
 
 def write_plots(data: dict, out_dir: str) -> List[str]:

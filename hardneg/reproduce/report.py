@@ -148,7 +148,12 @@ def _figure(width: float, height: float):
 
 def plot_accuracy_vs_beta(record: Dict[str, Any], path: str) -> None:
     """Linear-probe and kNN accuracy against beta (tau+ > 0 methods), error bars = std over seeds;
-    NT-Xent and the raw pixels as horizontal reference lines."""
+    NT-Xent and the raw pixels as horizontal reference lines, NT-Xent's std over seeds as a shaded band."""
+    accuracy_figure(record).savefig(path)
+
+
+def accuracy_figure(record: Dict[str, Any]):
+    """The matplotlib Figure of :func:`plot_accuracy_vs_beta`, legend below the two panels."""
     cfg, summary = record["config"], record["summary"]
     sweep = sorted((m for m in cfg["methods"] if m["estimator"] == "hard"), key=lambda m: m["beta"])
     easy = [m for m in cfg["methods"] if m["estimator"] == "easy"]
@@ -165,7 +170,7 @@ def plot_accuracy_vs_beta(record: Dict[str, Any], path: str) -> None:
             s = summary[m["key"]][name]
             mu, sd = 100 * _nan(s["mean"]), 100 * s["std"]
             ax.axhline(mu, color="C0", ls="--", label=m["label"])
-            ax.axhspan(mu - sd, mu + sd, color="C0", alpha=0.15, lw=0)
+            ax.axhspan(mu - sd, mu + sd, color="C0", alpha=0.15, lw=0, label=f"{m['label']} ± std over seeds")
         raw = record["baselines"].get("raw pixels")
         if raw:
             ax.axhline(100 * _nan(raw[name]["mean"]), color="0.4", ls=":", label="raw pixels")
@@ -178,7 +183,7 @@ def plot_accuracy_vs_beta(record: Dict[str, Any], path: str) -> None:
     n = len(cfg["seeds"])
     fig.suptitle(f"Accuracy vs β — {record['meta']['backend']}, mean ± std over {n} seed{'s' * (n > 1)}", fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(path)
+    return fig
 
 
 def _nan(x: Optional[float]) -> float:
