@@ -84,20 +84,9 @@ def compare(case: Case, value: np.ndarray, grads: Optional[Dict[str, np.ndarray]
     res.value_frac = _value_check(res, "value", value, rv, b.value, case.dtype)
     if grads is None:
         return res
-    fr = 0.0
     names = list(case.arrays) + (["temperature"] if case.temperature_grad else [])
     for k in names:
-        g = grads.get(k)
-        want = _ref_grad(rg, k)
-        if g is None:
-            res.fail(f"no gradient for {k}")
-            continue
-        g = np.asarray(g, dtype=np.float64)
-        if g.shape != want.shape:
-            res.fail(f"gradient of {k} has shape {g.shape}, expected {want.shape}")
-            continue
-        if check_dtypes and grad_dtypes and grad_dtypes.get(k) not in (None, case.dtype):
-            res.fail(f"gradient of {k} returned as {grad_dtypes[k]}, expected the input dtype {case.dtype}")
+        returned_grad(res, k, grads.get(k), _ref_grad(rg, k), grad_dtypes, case.dtype, check_dtypes)
     if not res.ok:
         return res
     # the clamp's kink: accept the branch the target chose (every subset of kink anchors flipped)
@@ -123,6 +112,22 @@ def compare(case: Case, value: np.ndarray, grads: Optional[Dict[str, np.ndarray]
     for p in best_detail.problems:
         res.fail(p)
     return res
+
+
+def returned_grad(res: CheckResult, k: str, got: Any, want: np.ndarray, grad_dtypes: Optional[Dict[str, str]],
+                  dtype: str, check_dtypes: bool) -> Optional[np.ndarray]:
+    """The target's gradient of input ``k`` as float64, or None (the reason recorded in ``res``) when it is
+    missing or has the wrong shape; a wrong dtype is recorded too, but the values are still returned."""
+    if got is None:
+        res.fail(f"no gradient for {k}")
+        return None
+    g = np.asarray(got, dtype=np.float64)
+    if g.shape != want.shape:
+        res.fail(f"gradient of {k} has shape {g.shape}, expected {want.shape}")
+        return None
+    if check_dtypes and grad_dtypes and grad_dtypes.get(k) not in (None, dtype):
+        res.fail(f"gradient of {k} returned as {grad_dtypes[k]}, expected the input dtype {dtype}")
+    return g
 
 
 def _ref_grad(rg, k: str) -> np.ndarray:

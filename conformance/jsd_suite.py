@@ -25,7 +25,7 @@ import numpy as np
 from hardneg.validation import CONVENTIONS, REDUCTIONS
 
 from .cases import COMPUTE_DTYPE, OUTPUT_ROUNDOFF, TINY, UNIT_ROUNDOFF, quantize, round_to_dtype
-from .checks import CheckResult, _value_check, check_error
+from .checks import CheckResult, _value_check, check_error, returned_grad
 
 __all__ = ["FEATURES", "JsdCase", "find_target", "jsd_cases", "call", "compare", "error_cases", "run_feature",
            "verify_jsd", "infograph_jsd", "run_jsd", "check_jsd"]
@@ -314,18 +314,10 @@ def compare(case: JsdCase, value, grads, value_dtype=None, grad_dtypes=None, che
         return res
     worst = 0.0
     for k in _ARRAYS:
-        g = grads.get(k)
         want = getattr(rg, k)
-        if g is None:
-            res.fail(f"no gradient for {k}")
-            continue
-        g = np.asarray(g, dtype=np.float64)
-        if g.shape != want.shape:
-            res.fail(f"gradient of {k} has shape {g.shape}, expected {want.shape}")
-            continue
-        if check_dtypes and grad_dtypes and grad_dtypes.get(k) not in (None, case.dtype):
-            res.fail(f"gradient of {k} returned as {grad_dtypes[k]}, expected the input dtype {case.dtype}")
-        worst = max(worst, _value_check(res, f"gradient of {k}", g, want, tol_g[k], case.dtype))
+        g = returned_grad(res, k, grads.get(k), want, grad_dtypes, case.dtype, check_dtypes)
+        if g is not None:
+            worst = max(worst, _value_check(res, f"gradient of {k}", g, want, tol_g[k], case.dtype))
     res.grad_frac = worst
     return res
 
