@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
@@ -186,6 +187,10 @@ class NumpyAdapter(Adapter):
         return Outcome(self.to_numpy(v), np.asarray(v).dtype.name, grads, dts)
 
 
+#: Environment variable naming the device of ``hardneg verify --device`` (set by conformance.cli, read here).
+DEVICE_ENV = "HARDNEG_VERIFY_DEVICE"
+
+
 class TorchAdapter(Adapter):
     framework = "torch"
 
@@ -193,7 +198,9 @@ class TorchAdapter(Adapter):
         import torch
 
         self.torch = torch
-        self._device = device or "cpu"
+        self._device = device or os.environ.get(DEVICE_ENV) or "cpu"
+        if self._device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("hardneg verify --device cuda: torch.cuda.is_available() is False")
 
     def version(self):
         return self.torch.__version__
@@ -239,6 +246,8 @@ class JaxAdapter(Adapter):
         import jax.numpy as jnp
 
         self.jax, self.jnp = jax, jnp
+        if os.environ.get(DEVICE_ENV) == "cuda":
+            jax.devices("gpu")  # raises RuntimeError naming the platforms present when JAX sees no GPU
 
     def version(self):
         return self.jax.__version__
@@ -250,14 +259,17 @@ class JaxAdapter(Adapter):
         # float64 needs 64-bit types; scoped, so the caller's setting is untouched afterwards
         return self.jax.enable_x64(True)
 
+    # Conversions happen in NumPy (ml_dtypes for bfloat16), not as JAX operations: an eager JAX operation is
+    # compiled once per shape and dtype, which in a quick run would cost more than the examples themselves. The
+    # values are the same: a case's values are exactly representable in its dtype.
     def tensor(self, x, dtype):
         x = np.asarray(x)
         if x.dtype.kind == "f":
-            return self.jnp.asarray(x.astype(np.float64)).astype(getattr(self.jnp, dtype))
+            return self.jnp.asarray(x.astype(np.float64).astype(self.jnp.dtype(dtype)))
         return self.jnp.asarray(x)
 
     def to_numpy(self, x):
-        return np.asarray(self.jnp.asarray(x, dtype=self.jnp.float64))
+        return np.asarray(x).astype(np.float64)
 
     def call(self, target, case, want_grad=True):
         jax, jnp = self.jax, self.jnp
@@ -280,7 +292,7 @@ class JaxAdapter(Adapter):
                 value = f(*[conv[k] for k in names])
                 return Outcome(self.to_numpy(value), _dtype_name(value.dtype))
             value, vjp = jax.vjp(f, *[conv[k] for k in names])
-            cot = jnp.asarray(np.asarray(case.cotangent, dtype=np.float64)).astype(value.dtype).reshape(value.shape)
+            cot = jnp.asarray(np.asarray(case.cotangent, dtype=np.float64).astype(value.dtype).reshape(value.shape))
             gs = vjp(cot)
             out = Outcome(self.to_numpy(value), _dtype_name(value.dtype))
             out.grads = {k: self.to_numpy(g) for k, g in zip(names, gs)}
@@ -295,6 +307,8 @@ class TensorflowAdapter(Adapter):
         import tensorflow as tf
 
         self.tf = tf
+        if os.environ.get(DEVICE_ENV) == "cuda" and not tf.config.list_logical_devices("GPU"):
+            raise RuntimeError("hardneg verify --device cuda: TensorFlow sees no GPU")
 
     def version(self):
         return self.tf.__version__

@@ -11,11 +11,12 @@ __all__ = ["BACKENDS", "DEFAULT_MAX_EXAMPLES", "backend_target", "installed_back
 BACKENDS = {"torch": ("hardneg_torch", "torch"), "jax": ("hardneg_jax", "jax"), "tf": ("hardneg_tf", "tensorflow")}
 
 #: Examples per numeric feature when ``max_examples`` is not given (the relation features draw fewer, see
-#: ``_counts``): at least 10 for every backend. JAX compiles each new combination of shapes and static options
-#: (0.2-1 s each), so its quick run draws shapes from a small fixed set and reuses compiled programs
-#: (``conformance.suite.FEW_SIZES_BELOW``); TensorFlow retraces (~0.2 s), PyTorch and NumPy run eagerly. A
-#: thorough run passes ``max_examples=50`` or more.
-DEFAULT_MAX_EXAMPLES = {"numpy": 12, "torch": 12, "tensorflow": 10, "jax": 10, "command": 12}
+#: ``_counts``): 12 for every backend. JAX compiles one program per combination of shapes, dtype and
+#: static options (about a second of CPU each), so below ``conformance.suite.FEW_PROGRAMS_BELOW`` examples its
+#: run is a *quick* run: each feature draws its static options and shapes from two fixed combinations
+#: (``conformance.strategies.quick_combinations``) and its examples reuse their programs; TensorFlow and PyTorch
+#: run eagerly. A thorough run passes ``max_examples=50`` or more.
+DEFAULT_MAX_EXAMPLES = {"numpy": 12, "torch": 12, "tensorflow": 12, "jax": 12, "command": 12}
 
 
 def backend_target(name: str) -> Tuple[Optional[Callable], str, str]:

@@ -6,9 +6,11 @@
 
 Without arguments every installed backend of :data:`conformance.BACKENDS` is verified; a progress bar runs on
 stderr, then a table (backend, framework version, device, features verified, examples, worst value and gradient
-error as a fraction of tolerance, verdict) and, for each failure, a runnable snippet that reproduces it. The exit
-status is 1 when anything failed. Several backends run in worker processes, two at a time (each framework in its
-own process: JAX and TensorFlow spend their time compiling, on different cores).
+error as a fraction of tolerance, verdict), the examples each feature drew per backend and, for each failure, a
+runnable snippet that reproduces it. The exit status is 1 when anything failed. Backends run in worker processes,
+two at a time, the longest first; JAX, which spends its time compiling, is verified by two workers (the
+``hcl_loss`` features and the graph objective's, see :data:`SPLIT`), so that it keeps both cores busy once the
+other backends are done.
 """
 
 from __future__ import annotations
@@ -51,8 +53,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="examples per feature (default: %s)" % ", ".join(
                             f"{k} {v}" for k, v in DEFAULT_EXAMPLES.items()))
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="Hypothesis seed (default 0)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                        help="where the backends compute: cuda (the first GPU; torch's inputs are put there, JAX and "
+                             "TensorFlow must see a GPU, else the backend's worker fails saying so) or cpu (GPUs "
+                             "hidden from every framework); default: each framework's own placement (torch: cpu; "
+                             "JAX and TensorFlow: a GPU when they see one)")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the full reports as JSON")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--part", choices=["hcl", "jsd"], default=None, help=argparse.SUPPRESS)
+
+
+#: Backends verified by two worker processes each: one runs the ``hcl_loss`` features, the other the graph
+#: objective's (``jsd_loss``, which need none of the ``hcl_loss`` probes); their reports are merged into one.
+SPLIT = ("jax",)
 
 
 # --------------------------------------------------------------------------------------------------- progress
@@ -99,10 +112,21 @@ def _examples(args, framework: str) -> int:
     return args.max_examples if args.max_examples is not None else DEFAULT_EXAMPLES.get(framework, 6)
 
 
+def _part_features(part: Optional[str]) -> Optional[List[str]]:
+    """The features of a worker's part: "jsd" the graph objective's, "hcl" the others, None all of them."""
+    if part is None:
+        return None
+    from .jsd_suite import FEATURES as JSD
+    from .suite import FEATURES
+
+    return [f for f in FEATURES if (f in JSD) == (part == "jsd")]
+
+
 def _verify_one(name: str, target, framework: str, args, progress) -> "object":
     from .suite import verify
 
     return verify(target, framework=framework, max_examples=_examples(args, framework), seed=args.seed,
+                  features=_part_features(getattr(args, "part", None)),
                   progress=(lambda feature, n: progress(f"{name}: {feature}", n)) if progress else None,
                   errors=getattr(args, "errors", None), profile=getattr(args, "profile", "strict"))
 
@@ -130,6 +154,7 @@ def _worker(args) -> int:
     """Verify one backend, printing progress lines and finally the report as one JSON line (internal)."""
     from .backends import backend_target
 
+    t0 = time.perf_counter()
     fn, framework, why = backend_target(args.backend)
     if fn is None:
         key = "not_installed" if why.startswith("not installed") else "crashed"
@@ -142,25 +167,37 @@ def _worker(args) -> int:
         print("P\t" + label, flush=True)
 
     rep = _verify_one(args.backend, fn, framework, args, progress)
-    print("R\t" + rep.to_json(indent=None), flush=True)
+    d = rep.to_dict()
+    # the worker's time from importing the framework on, and its CPU time since it started (every thread: XLA's
+    # compilers included)
+    d["workers"] = [{"part": args.part or "all", "wall_s": round(time.perf_counter() - t0, 1),
+                     "cpu_s": round(time.process_time(), 1)}]
+    print("R\t" + json.dumps(d, default=str), flush=True)
     return 0
 
 
 def _run_workers(names: List[str], args, bar: _Progress) -> Dict[str, dict]:
-    """Run backends in worker processes, two at a time; returns name -> report dict (or not_installed)."""
-    jobs = max(1, min(2, os.cpu_count() or 1))
-    pending = list(names)
-    running: Dict[str, subprocess.Popen] = {}
-    results: Dict[str, dict] = {}
+    """Run backends in worker processes, two at a time (the backends of :data:`SPLIT` as two parts each, merged);
+    returns name -> report dict (or not_installed / crashed)."""
+    slots = max(1, min(2, os.cpu_count() or 1))
+    jobs = [(n, p) for n in names for p in (("hcl", "jsd") if n in SPLIT else (None,))]
+    # the longest first (measured CPU time, docs/conformance.md): JAX's hcl_loss part, TensorFlow, JAX's graph
+    # objective, PyTorch; so the second slot runs the shorter jobs while the first runs the longest
+    cost = {("jax", "hcl"): 0, ("tf", None): 1, ("jax", "jsd"): 2, ("torch", None): 3}
+    pending = sorted(jobs, key=lambda j: cost.get(j, len(cost)))
+    running: Dict[tuple, subprocess.Popen] = {}
+    results: Dict[tuple, dict] = {}
     lines: "queue.Queue" = queue.Queue()
 
-    def pump(name, proc):
+    def pump(job, proc):
         for line in proc.stdout:
-            lines.put((name, line.rstrip("\n")))
-        lines.put((name, None))
+            lines.put((job, line.rstrip("\n")))
+        lines.put((job, None))
 
-    def start(name):
+    def start(job):
+        name, part = job
         cmd = [sys.executable, "-m", "conformance.cli", "--worker", "--backend", name, "--seed", str(args.seed)]
+        cmd += ["--part", part] if part else []
         if args.max_examples is not None:
             cmd += ["--max-examples", str(args.max_examples)]
         cmd += ["--profile", args.profile] + (["--errors", args.errors] if args.errors else [])
@@ -169,29 +206,52 @@ def _run_workers(names: List[str], args, bar: _Progress) -> Dict[str, dict]:
         err = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty framework cannot block the worker
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         proc.errfile = err
-        running[name] = proc
-        threading.Thread(target=pump, args=(name, proc), daemon=True).start()
+        running[job] = proc
+        threading.Thread(target=pump, args=(job, proc), daemon=True).start()
 
     while pending or running:
-        while pending and len(running) < jobs:
+        while pending and len(running) < slots:
             start(pending.pop(0))
-        name, line = lines.get()
+        job, line = lines.get()
         if line is None:
-            proc = running.pop(name)
+            proc = running.pop(job)
             proc.wait()
             proc.errfile.seek(0)
             err = proc.errfile.read()[-3000:]
             proc.errfile.close()
-            if name not in results:
-                results[name] = {"crashed": f"worker exited with status {proc.returncode}: {err}"}
+            if job not in results:
+                results[job] = {"crashed": f"worker exited with status {proc.returncode}: {err}"}
             continue
         if line.startswith("P\t"):
             bar.update(line[2:])
         elif line.startswith("R\t"):
-            results[name] = json.loads(line[2:])
+            results[job] = json.loads(line[2:])
         elif line.startswith("{"):
-            results[name] = json.loads(line)
-    return results
+            results[job] = json.loads(line)
+    from .report import merge_reports
+
+    out: Dict[str, dict] = {}
+    for name in names:
+        parts = [d for (n, _), d in results.items() if n == name]
+        bad = [d for d in parts if "crashed" in d or "not_installed" in d]
+        out[name] = bad[0] if bad else dict(merge_reports(parts), workers=[w for d in parts for w in d["workers"]])
+    return out
+
+
+def _examples_table(results: Dict[str, dict]) -> str:
+    """Examples drawn per feature (rows) and backend (columns); a feature that did not run shows its status."""
+    from .report import FAILED, PASSED, format_table
+
+    names = [n for n, d in results.items() if d.get("features")]
+    feats = list(dict.fromkeys(f["name"] for n in names for f in results[n]["features"]))
+    rows = []
+    for feat in feats:
+        row = [feat]
+        for n in names:
+            fr = next((f for f in results[n]["features"] if f["name"] == feat), None)
+            row.append("-" if fr is None else str(fr["examples"]) if fr["status"] in (PASSED, FAILED) else fr["status"])
+        rows.append(row)
+    return format_table(rows, ["examples per feature"] + names)
 
 
 def _fmt(x: Optional[float]) -> str:
@@ -229,6 +289,11 @@ def run(args) -> int:
     import hardneg
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.device:  # read by the adapters (conformance.adapters.DEVICE_ENV); the workers inherit it
+        os.environ["HARDNEG_VERIFY_DEVICE"] = args.device
+        if args.device == "cpu":  # before any framework is imported, here or in a worker
+            os.environ["JAX_PLATFORMS"] = "cpu"
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
     results: Dict[str, dict] = {}
     t0 = time.perf_counter()
     if args.port_command:
@@ -266,13 +331,12 @@ def run(args) -> int:
         results[args.target] = rep.to_dict()
     else:
         names = list(BACKENDS) if args.backend in (None, "all") else [args.backend]
-        order = sorted(names, key=lambda n: {"jax": 0, "tf": 1, "torch": 2}.get(n, 3))  # slowest first
         total = sum(planned_examples(_examples(args, BACKENDS[n][1])) for n in names)
         print(f"hardneg verify: backends {', '.join(names)} against spec {hardneg.SPEC_VERSION}, seed {args.seed}"
               + ("" if args.max_examples is None else f", {args.max_examples} examples per feature"),
               file=sys.stderr)
         bar = _Progress(total)
-        results = _run_workers(order, args, bar)
+        results = _run_workers(names, args, bar)
         bar.close()
         results = {n: results[n] for n in names}
 
@@ -280,6 +344,8 @@ def run(args) -> int:
               "worst grad err", "verdict"]
     print(format_table([_row(n, d) for n, d in results.items()], header))
     print("(errors are fractions of each example's derived tolerance: <= 1 conforms; docs/conformance.md)")
+    if any(d.get("features") for d in results.values()):
+        print("\n" + _examples_table(results))
     failed = False
     from .report import group_failures
 
@@ -303,7 +369,9 @@ def run(args) -> int:
             if fr["status"] == "not supported":
                 why = "the port answered \"unsupported\"" if name == "port" else "the target raised NotImplementedError"
                 print(f"{name}: feature '{fr['name']}' not supported ({why})")
-    print(f"\n{'FAIL' if failed else 'PASS'} in {time.perf_counter() - t0:.0f} s")
+    cpu = [f"{n} {sum(w['cpu_s'] for w in d['workers']):.0f} s" for n, d in results.items() if d.get("workers")]
+    print(f"\n{'FAIL' if failed else 'PASS'} in {time.perf_counter() - t0:.0f} s"
+          + (f" (CPU time of the workers: {', '.join(cpu)})" if cpu else ""))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"spec_version": hardneg.SPEC_VERSION, "seed": args.seed, "ok": not failed,

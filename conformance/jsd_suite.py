@@ -108,20 +108,39 @@ class JsdCase:
 # Strategies
 
 
+#: (N, G, d) of a quick run's examples (``few=True``); the first is the shape of the dtype probe (``_probe_case``).
+QUICK_SHAPES = ((5, 3, 2), (7, 5, 4))
+
+
+def quick_combinations(conventions=CONVENTIONS, betas: str = "any", reductions=REDUCTIONS,
+                       rotation: int = 0) -> Tuple[dict, ...]:
+    """A quick run's combinations of the options that change JAX's compiled program (convention, beta = 0 or
+    not, reduction) and the shape: the simplest in the probe's shape, then choice ``rotation mod n`` of each
+    option in the larger shape (as :func:`conformance.strategies.quick_combinations` for ``hcl_loss``)."""
+    modes = {"zero": ("zero",), "positive": ("positive",), "any": ("positive", "zero")}[betas]
+    options = {"convention": tuple(conventions), "beta": modes, "reduction": tuple(reductions)}
+    first = dict({k: v[0] for k, v in options.items()}, shape=0)
+    other = dict({k: v[rotation % len(v)] for k, v in options.items()}, shape=1)
+    return (first, other)
+
+
 def jsd_cases(dtype: str = "float64", conventions=CONVENTIONS, betas: str = "any", taus: str = "any",
-              reductions=REDUCTIONS, few: bool = False):
+              reductions=REDUCTIONS, few: bool = False, rotation: int = 0):
     """Hypothesis strategy of :class:`JsdCase` (small: N <= 7, G <= 5, d <= 4; values of modest size).
 
-    ``betas``: "zero", "positive" or "any"; ``taus``: "zero" or "any".
+    ``betas``: "zero", "positive" or "any"; ``taus``: "zero" or "any". ``few`` (a quick run of a compiling
+    framework): the shape, the convention, whether beta is 0 and the reduction come from
+    :func:`quick_combinations` (``rotation``: which), everything else is drawn as usual.
     """
     from hypothesis import strategies as st
 
     @st.composite
     def draw_case(draw):
-        # few: the quick run of a compiling framework draws two sizes each (compiled programs get reused)
-        N = draw(st.sampled_from((3, 7)) if few else st.integers(1, 7))
-        G = draw(st.sampled_from((2, 5)) if few else st.integers(2, 5))
-        d = draw(st.sampled_from((2, 4)) if few else st.integers(1, 4))
+        combo = draw(st.sampled_from(quick_combinations(conventions, betas, reductions, rotation))) if few else None
+        if few:
+            N, G, d = QUICK_SHAPES[combo["shape"]]
+        else:
+            N, G, d = draw(st.integers(1, 7)), draw(st.integers(2, 5)), draw(st.integers(1, 4))
         rseed = draw(st.integers(0, 2**32 - 1))
         scale = draw(st.sampled_from([1.0, 0.25, 2.0, 4.0]))
         bits = draw(st.sampled_from([None, 5]))  # coarse values: readable snippets, exact ties of the scale c
@@ -131,15 +150,17 @@ def jsd_cases(dtype: str = "float64", conventions=CONVENTIONS, betas: str = "any
         batch = rng.integers(0, G, N)
         if draw(st.booleans()):
             batch = np.sort(batch)  # PyTorch Geometric's batches are sorted
-        conv = draw(st.sampled_from(list(conventions)))
-        if betas == "zero":
+        conv = combo["convention"] if few else draw(st.sampled_from(list(conventions)))
+        if betas == "zero" or (few and combo["beta"] == "zero"):
             beta = 0.0
         elif betas == "positive":
             beta = draw(st.sampled_from([1.0, 2.0, 10.0]) | st.floats(0.05, 12.0))
+        elif few:  # the combination says beta > 0: any positive beta a full run draws
+            beta = draw(st.sampled_from([1.0, 2.0, 10.0]) | st.floats(0.0, 12.0).filter(lambda b: b > 0.0))
         else:
             beta = draw(st.sampled_from([0.0, 1.0, 2.0, 10.0]) | st.floats(0.0, 12.0))
         tau = 0.0 if taus == "zero" else draw(st.sampled_from([0.5, 0.0, 0.1, 0.9]) | st.floats(0.0, 0.95))
-        red = draw(st.sampled_from(list(reductions)))
+        red = combo["reduction"] if few else draw(st.sampled_from(list(reductions)))
         if red == "none":
             cot = round_to_dtype(np.round(rng.uniform(-2, 2, N) * 8) / 8, dtype)
         else:
@@ -198,7 +219,7 @@ def call(adapter, target: Callable, case: JsdCase, want_grad: bool = True):
                 v = target(lo, gr, b, **kw)
                 return adapter.to_numpy(v), None, _dt(v), {}
             v, vjp = jax.vjp(lambda x, y: target(x, y, b, **kw), lo, gr)
-            gs = vjp(jnp.asarray(cot64).astype(v.dtype).reshape(v.shape))
+            gs = vjp(jnp.asarray(cot64.astype(v.dtype).reshape(v.shape)))  # NumPy: no eager JAX op to compile
         else:
             tf = adapter.tf
             with tf.GradientTape(watch_accessed_variables=False) as tape:
@@ -454,6 +475,13 @@ def _snippet(title: str, framework: str, path: Optional[str], case: JsdCase) -> 
 # Running the features
 
 
+def _probe_case(dtype: str) -> JsdCase:
+    """A small valid call, in the shape of a quick run's simplest combination (its compiled program is reused)."""
+    return JsdCase(np.array([[0.5, -1.0], [1.0, 0.25], [-0.75, 0.5], [0.25, 1.5], [1.0, -0.5]]),
+                   np.array([[1.0, 0.5], [-0.5, 1.0], [0.25, -1.25]]), np.array([0, 1, 2, 0, 1]),
+                   dict(beta=1.0, tau_plus=0.5, convention="released", reduction="mean"), dtype, 1.0)
+
+
 def _supported_dtypes(ctx, target) -> Dict[str, bool]:
     out = {}
     for dt in ("float64", "float32", "float16", "bfloat16"):
@@ -464,9 +492,7 @@ def _supported_dtypes(ctx, target) -> Dict[str, bool]:
             except ImportError:
                 ok = False
         if ok:
-            case = JsdCase(np.array([[0.5, -1.0], [1.0, 0.25]]), np.array([[1.0, 0.5], [-0.5, 1.0]]),
-                           np.array([0, 1]), dict(beta=1.0, tau_plus=0.5, convention="released", reduction="mean"),
-                           dt, 1.0)
+            case = _probe_case(dt)
             try:
                 call(ctx.adapter, target, case, want_grad=ctx.want_grad)
             except NotImplementedError:
@@ -489,7 +515,8 @@ def run_feature(ctx, fres, name: str, n: int, target: Optional[Callable], path: 
         fres.notes.append("no jsd_loss next to the target (the graph objective is verified with the package's "
                           "jsd_loss)")
         return
-    cases_ = functools.partial(jsd_cases, few=getattr(ctx, "sizes", "all") == "few")
+    cases_ = functools.partial(jsd_cases, few=getattr(ctx, "programs", "all") == "few",
+                               rotation=list(FEATURES).index(name))
     sup = _supported_dtypes(ctx, target)
     if not any(sup.values()):  # e.g. a port that answers "unsupported" for jsd_loss
         fres.status = "not supported"

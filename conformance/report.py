@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["Failure", "FeatureResult", "Report", "format_table", "group_failures", "cause"]
+__all__ = ["Failure", "FeatureResult", "Report", "format_table", "group_failures", "cause", "merge_reports"]
 
 PASSED, FAILED, UNSUPPORTED, SKIPPED = "passed", "failed", "not supported", "skipped"
 
@@ -126,6 +126,15 @@ class Report:
     def to_json(self, indent: Optional[int] = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, default=_json_default)
 
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "Report":
+        """The report back from :meth:`to_dict` (or its JSON); the derived fields are recomputed."""
+        own = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in own and k != "features"}
+        feats = [FeatureResult(**{**f, "failures": [Failure(**x) for x in f.get("failures", [])]})
+                 for f in d.get("features", [])]
+        return cls(**kw, features=feats)
+
     def summary(self) -> str:
         """A readable multi-line account: one line per feature, then the failures with their snippets."""
         lines = [f"{self.target} ({self.framework} {self.framework_version}, {self.device}): {self.verdict}; "
@@ -169,6 +178,21 @@ def group_failures(failures: Sequence[Any]) -> List[Tuple[Any, List[str]]]:
         best = min(fs, key=lambda f: (get(f, "size") or 0, len(get(f, "snippet") or "")))
         out.append((best, list(dict.fromkeys(get(f, "feature") for f in fs))))
     return out
+
+
+def merge_reports(parts: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """One report (dict form) from the reports of one target's parts, verified by separate processes (each with a
+    subset of the features): the features in the order of ``conformance.FEATURES``, the notes of every part."""
+    from .suite import FEATURES
+
+    reps = [Report.from_dict(d) for d in parts]
+    out = reps[0]
+    for r in reps[1:]:
+        out.features += r.features
+        out.notes += [n for n in r.notes if n not in out.notes]
+    order = {f: i for i, f in enumerate(FEATURES)}
+    out.features.sort(key=lambda f: order.get(f.name, len(order)))
+    return out.to_dict()
 
 
 def _json_default(o):

@@ -13,8 +13,7 @@ Regimes covered on purpose (spec sections 4-6, docs/conformance.md):
 * beta = 0, small (< 0.05), moderate, large (10..100) and inf; temperatures 0.01..10 (both ends included);
 * rows with huge and tiny norms (squares that overflow/underflow the compute dtype; norms below the 1e-12
   epsilon), zero rows, exact and near duplicates (``duplicates``, ``clustered``, coarse quantisation);
-* B in {1 (with a bank), 2, 3, 4, 8, 16, 64}, d in {1, 2, 3, 8, 32, 128}, K in {1, 2, 5, 16, 64}: a small set of
-  shapes, so that jit-compiling frameworks compile a bounded number of programs;
+* B in {1 (with a bank), 2, 3, 4, 8, 16, 64}, d in {1, 2, 3, 8, 32, 128}, K in {1, 2, 5, 16, 64};
 * shared and per-anchor banks, labels with 1, 2, 3 or B classes (an anchor may be left with no negatives),
   every reduction, cotangents other than 1 (a custom VJP that ignores its cotangent fails);
 * spec 1.1: the layouts of :data:`hardneg.validation.LAYOUTS` (the cross layout one-way and symmetric, with no
@@ -23,10 +22,25 @@ Regimes covered on purpose (spec sections 4-6, docs/conformance.md):
 
 The choices themselves (estimators, reductions, layouts) come from :mod:`hardneg.validation`, the one place that
 lists them.
+
+**Quick runs of a compiling framework** (``Space.programs == "few"``: JAX verified with fewer than
+``conformance.suite.FEW_PROGRAMS_BELOW`` examples per feature). JAX compiles one program per combination of
+shapes, dtypes and static options (layout, bank, labels, estimator, clamp, normalize, reduction, beta's mode —
+finite, 0 or inf —, memory budget, a tensor temperature), about a second of CPU each, so drawing them freely
+compiles a program for nearly every example. A quick run therefore draws each example's static options and
+shapes from :func:`quick_combinations` of its space: at most :data:`QUICK_COMBINATIONS` fixed combinations, the
+simplest one in the shape of the suite's probes (whose programs it reuses) and others that take different
+choices in each feature (``Space.rotation``), so that over a quick run every choice of every option is drawn,
+each with a shape of :data:`QUICK_SHAPES`. Everything else — the geometry, magnitudes, quantisation,
+temperature, the value of beta, tau+ and its regime, labels' values, cotangents, seeds — is drawn exactly as in
+a full run, so the examples of one combination differ in everything but their compiled program.
+``programs="all"`` (every other run, among them ``--max-examples 50`` or more) draws every option and size
+independently, as before.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -38,11 +52,9 @@ from hardneg.validation import ESTIMATORS, LAYOUTS, REDUCTIONS
 
 from .cases import HUGE, Case, quantize, round_to_dtype
 
-__all__ = ["Space", "cases", "B_SIZES", "D_SIZES", "K_SIZES", "temperatures", "betas", "taus"]
+__all__ = ["Space", "cases", "B_SIZES", "D_SIZES", "K_SIZES", "temperatures", "betas", "taus",
+           "QUICK_SHAPES", "QUICK_COMBINATIONS", "quick_combinations"]
 
-#: The sizes a quick run of a compiling framework (JAX at its default example count) draws from: each new shape
-#: is a new program to compile, so a smaller fixed set lets most examples reuse one (see conformance.suite).
-FEW_SIZES = {"B": (2, 8), "B_bank": (2, 1, 8), "d": (2, 32), "K": (2, 5)}
 B_SIZES = (2, 3, 4, 8, 16, 64)
 B_SIZES_BANK = (2, 1, 3, 4, 8, 16, 64)
 D_SIZES = (2, 1, 3, 8, 32, 128)
@@ -89,7 +101,8 @@ class Space:
     geometries: Tuple[str, ...] = GEOMETRIES
     taus: str = "any"  # "any", or "high" (0.5..0.9: with aligned pairs the clamp floor binds for most anchors)
     scales: Tuple[str, ...] = SCALES_NORMALIZED  # row magnitudes (normalize=False draws "unit" and "mixed" only)
-    sizes: str = "all"  # "all": B_SIZES, D_SIZES, K_SIZES; "few": FEW_SIZES (compiled programs get reused)
+    programs: str = "all"  # "all": every option and size drawn freely; "few": quick_combinations (a quick run)
+    rotation: int = 0  # "few": which of the space's combinations (features sharing a space use different ones)
 
     def __post_init__(self):
         assert set(self.layouts) <= set(LAYOUTS), self.layouts
@@ -135,6 +148,73 @@ def taus(kind: str = "any") -> st.SearchStrategy[float]:
     if kind == "high":
         return st.one_of(st.sampled_from([0.9, 0.5]), st.floats(min_value=0.5, max_value=0.9))
     return st.one_of(st.sampled_from([0.1, 0.0, 0.5, 0.9]), st.floats(min_value=0.0, max_value=0.9))
+
+
+#: (B, d, K) of a quick run's examples. The first is the shape of the suite's probes (``suite._probe_case``), so the
+#: programs compiled to probe the target's options are reused by the features; the third, one anchor with a bank
+#: (B = 1), is used by combinations with a bank.
+QUICK_SHAPES = ((3, 4, 5), (8, 32, 16), (1, 4, 5))
+#: At most this many combinations of static options per space in a quick run (see :func:`quick_combinations`).
+QUICK_COMBINATIONS = 2
+
+
+def _beta_modes(kind: str) -> Tuple[str, ...]:
+    """The static modes of beta that a backend compiles separately: finite > 0, exactly 0, inf."""
+    return {"finite": ("finite", "zero"), "inf": ("inf",), "any": ("finite", "inf", "zero")}[kind]
+
+
+def _layout_choices(space: Space) -> Tuple[Tuple[str, str], ...]:
+    """(public layout, bank kind) pairs of ``space``, the kinds of layout interleaved (in-batch, a bank, cross, ...)
+    so that the first few combinations of a rich space already see each kind."""
+    groups = []
+    for public in space.layouts:
+        if public == "in_batch":
+            groups.append([("in_batch", "none")])
+        elif public == "bank":
+            groups.append([("bank", b) for b in space.banks if b != "none"])
+        else:
+            groups.append([("cross", b) for b in space.banks])
+    out = []
+    for i in range(max(len(g) for g in groups)):
+        out += [g[i] for g in groups if i < len(g)]
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=None)
+def quick_combinations(space: Space) -> Tuple[dict, ...]:
+    """The combinations of static options and shapes a quick run draws from (``space.programs == "few"``).
+
+    The options of ``space`` that change the compiled program — layout and bank, symmetric, labels, estimator,
+    clamp, normalize, reduction, beta's mode, memory budget, a tensor temperature — and the shape. Combination 0
+    is the simplest (every option's first choice) in the probes' shape ``QUICK_SHAPES[0]``, so it reuses the
+    program compiled to probe the option; combination ``i >= 1`` takes choice ``(i - 1 + r) mod n`` of each
+    option with ``n`` choices (``r = space.rotation``, different for each feature) and a larger shape, or one
+    anchor with a bank. There are at most :data:`QUICK_COMBINATIONS`; over the features of a quick run every
+    choice of every option is drawn somewhere.
+    """
+    layouts = _layout_choices(space)
+    cross = any(p == "cross" for p, _ in layouts)
+    options = {
+        "layout": layouts,
+        "symmetric": space.symmetric if cross else (True,),
+        "labels": space.labels,
+        "estimator": space.estimators,
+        "clamp": space.clamps,
+        "normalize": space.normalizes,
+        "reduction": space.reductions,
+        "beta": _beta_modes(space.betas),
+        "memory_budget": space.memory_budgets,
+        "temperature_grad": space.temperature_grad,
+    }
+    r = space.rotation
+    combos = [dict({k: v[0] for k, v in options.items()}, shape=0)]
+    for i in range(1, QUICK_COMBINATIONS):
+        c = {k: v[(i - 1 + r) % len(v)] for k, v in options.items()}
+        # a larger shape, or (with a bank) one anchor
+        c["shape"] = 2 if c["layout"][1] != "none" and (i - 1 + r) % 2 else 1
+        if c not in combos:
+            combos.append(c)
+    return tuple(combos)
 
 
 def _rows(rng: np.random.Generator, geometry: str, noise: float, B: int, d: int, bank_shape):
@@ -210,38 +290,51 @@ def _tau_at(case: Case, mode: str, rng: np.random.Generator, k: int) -> Optional
 def cases(draw, space: Space) -> Case:
     """One case inside ``space`` (see the module docstring for what is covered)."""
     dtype = space.dtype
-    public = draw(st.sampled_from(space.layouts))
-    if public == "in_batch":
-        layout = "none"
-    elif public == "bank":
-        layout = draw(st.sampled_from(tuple(b for b in space.banks if b != "none")))
+    if space.programs == "few":  # a quick run: the static options and the shape of one fixed combination
+        combo = draw(st.sampled_from(quick_combinations(space)))
+        public, layout = combo["layout"]
+        B, d, K = QUICK_SHAPES[combo["shape"]]
+        K = K if layout != "none" else 0
+        fixed = lambda name, choices: combo[name]  # noqa: E731
     else:
-        layout = draw(st.sampled_from(space.banks))
-    symmetric = draw(st.sampled_from(space.symmetric)) if public == "cross" else True
+        combo = None
+        public = draw(st.sampled_from(space.layouts))
+        if public == "in_batch":
+            layout = "none"
+        elif public == "bank":
+            layout = draw(st.sampled_from(tuple(b for b in space.banks if b != "none")))
+        else:
+            layout = draw(st.sampled_from(space.banks))
+        fixed = lambda name, choices: draw(st.sampled_from(choices))  # noqa: E731
+    symmetric = fixed("symmetric", space.symmetric) if public == "cross" else True
     named = public == "cross" or (space.explicit_layout and draw(st.booleans()))
-    labelled = draw(st.sampled_from(space.labels))
-    few = space.sizes == "few"
-    B = draw(st.sampled_from((FEW_SIZES["B"] if few else B_SIZES) if layout == "none" else
-                             (FEW_SIZES["B_bank"] if few else B_SIZES_BANK)))
-    d = draw(st.sampled_from(FEW_SIZES["d"] if few else D_SIZES))
-    K = draw(st.sampled_from(FEW_SIZES["K"] if few else K_SIZES)) if layout != "none" else 0
-    estimator = draw(st.sampled_from(space.estimators))
-    clamp = draw(st.sampled_from(space.clamps))
-    normalize = draw(st.sampled_from(space.normalizes))
-    reduction = draw(st.sampled_from(space.reductions))
+    labelled = fixed("labels", space.labels)
+    if combo is None:
+        B = draw(st.sampled_from(B_SIZES if layout == "none" else B_SIZES_BANK))
+        d = draw(st.sampled_from(D_SIZES))
+        K = draw(st.sampled_from(K_SIZES)) if layout != "none" else 0
+    estimator = fixed("estimator", space.estimators)
+    clamp = fixed("clamp", space.clamps)
+    normalize = fixed("normalize", space.normalizes)
+    reduction = fixed("reduction", space.reductions)
     geometry = draw(st.sampled_from(space.geometries))
     noise = draw(st.sampled_from([0.1, 1e-3, 0.0, 1.0]))
     scale = draw(st.sampled_from(tuple(s for s in space.scales if normalize or s in ("unit", "mixed"))))
     bits = draw(st.sampled_from([3, 8, None]))
     temperature = draw(temperatures())
-    beta = draw(betas(space.betas))
+    if combo is None:
+        beta = draw(betas(space.betas))
+    else:  # the combination's mode of beta; its value, when finite, drawn as in a full run
+        beta = {"zero": 0.0, "inf": math.inf}.get(combo["beta"])
+        if beta is None:
+            beta = draw(betas("finite").filter(lambda b: b != 0.0))
     tau_mode = draw(st.sampled_from(["drawn", "kink", "cancel"])) if estimator == "hard" else "drawn"
     tau_plus = draw(taus(space.taus))
     cancel_digits = draw(st.sampled_from([2, 5, 10]))
     classes = draw(st.sampled_from([2, 1, 3, 0])) if labelled else None  # 0: B classes (all distinct)
     cot_mode = draw(st.sampled_from([1.0, 0.5, -2.0]))
-    memory_budget = draw(st.sampled_from(space.memory_budgets))
-    temperature_grad = draw(st.sampled_from(space.temperature_grad))
+    memory_budget = fixed("memory_budget", space.memory_budgets)
+    temperature_grad = fixed("temperature_grad", space.temperature_grad)
     seed = draw(st.integers(min_value=0, max_value=2**32 - 1))
 
     rng = np.random.default_rng(seed)

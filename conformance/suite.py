@@ -62,17 +62,30 @@ FEATURES = {
 
 FEATURES.update(_jsd.FEATURES)  # the graph objective (jsd_loss, spec section 14): conformance/jsd_suite.py
 
-#: A compiling framework (JAX compiles each new combination of shapes and static options, ~0.3 s or more each)
-#: verified with fewer examples per feature than this draws B, d, K from strategies.FEW_SIZES, so that most
-#: examples reuse a compiled program; from this count on, every size is drawn.
-FEW_SIZES_BELOW = 50
+#: A compiling framework (JAX compiles one program per combination of shapes, dtypes and static options, about a
+#: second of CPU each) verified with fewer examples per feature than this runs a *quick* run: each feature draws
+#: its static options and shapes from a few fixed combinations (:func:`conformance.strategies.quick_combinations`)
+#: so that its examples reuse a handful of compiled programs; from this count on, every option and size is drawn
+#: freely.
+FEW_PROGRAMS_BELOW = 50
 COMPILING = ("jax",)
+#: Quick runs: each feature takes different combinations of the options its space offers (``Space.rotation``:
+#: its position); the relation features take those of "combined", and so reuse its compiled programs.
+_ROTATION = {f: i for i, f in enumerate(FEATURES)}
+_ROTATION.update(special_cases=_ROTATION["combined"], invariances=_ROTATION["combined"],
+                 nonfinite=_ROTATION["combined"], determinism=_ROTATION["combined"])
 
 #: profile -> what it changes in every feature's :class:`~conformance.strategies.Space`. "practical": input rows
 #: of realistic magnitudes only — a random half of the rows scaled by 10^-3..10^3 (normalize=True) or 10^-1..10
 #: (normalize=False), no rows whose squares overflow or underflow the compute dtype and none below the
 #: normalisation epsilon — and, by default, the error contract on exception types only.
 PROFILES = {"strict": {}, "practical": {"scales": ("unit", "mixed")}}
+
+def quick_or_all(framework: str, max_examples: int) -> str:
+    """``"few"`` (a quick run, see :data:`FEW_PROGRAMS_BELOW`) for a compiling framework verified with fewer than
+    ``FEW_PROGRAMS_BELOW`` examples per feature, else ``"all"`` (every option and size drawn freely)."""
+    return "few" if framework in COMPILING and max_examples < FEW_PROGRAMS_BELOW else "all"
+
 
 _OPTION_OF = {  # feature -> probe it needs
     "reductions": "sum_or_none", "clamp_off": "clamp_off", "easy": "easy", "beta_inf": "beta_inf",
@@ -105,7 +118,7 @@ class _Ctx:
     skipped: Dict[str, int] = field(default_factory=dict)
     errors: str = "exact"  # "exact": type and message of every error; "type": the exception type only
     profile: str = "strict"  # "practical": realistic input magnitudes (see PROFILES)
-    sizes: str = "all"  # "few" for a quick run of a compiling framework (see FEW_SIZES_BELOW)
+    programs: str = "all"  # "few" for a quick run of a compiling framework (see FEW_PROGRAMS_BELOW)
 
 
 def _probe_case(dtype="float64", **over) -> Case:
@@ -231,7 +244,7 @@ def _space(ctx: _Ctx, feature: str) -> Space:
         "float16": replace(everything, dtype="float16"),
         "bfloat16": replace(everything, dtype="bfloat16"),
     }.get(feature, everything)
-    return replace(space, sizes=ctx.sizes, **PROFILES[ctx.profile])
+    return replace(space, programs=ctx.programs, rotation=_ROTATION.get(feature, 0), **PROFILES[ctx.profile])
 
 
 def _params(fn) -> Tuple[str, ...]:
@@ -529,7 +542,7 @@ def verify(target, framework: str = "numpy", max_examples: Optional[int] = None,
         :class:`conformance.command.Port` (a port in any language; see :func:`conformance.command.verify_command`).
     max_examples : int, optional
         Examples per numeric feature (the relation features draw fewer; the error contract runs all its cases).
-        Default :data:`DEFAULT_MAX_EXAMPLES` of the framework (numpy 12, torch 12, tensorflow 10, jax 10, command 12).
+        Default :data:`DEFAULT_MAX_EXAMPLES` of the framework (12 for every framework).
     seed : int, default 0
         Hypothesis seed: the same seed draws the same examples.
     dtypes : sequence of str, optional
@@ -576,22 +589,26 @@ def verify(target, framework: str = "numpy", max_examples: Optional[int] = None,
                     device=adapter.device(), spec_version=hardneg.SPEC_VERSION, seed=int(seed),
                     max_examples=int(max_examples), gradients=grads_mode, errors=errors, profile=profile)
     dts = tuple(dtypes) if dtypes is not None else ("float64", "float32", "float16", "bfloat16")
-    with adapter.context():
-        supported = _probe(fn, adapter, want_grad, dts)
-    base = "float64" if supported["float64"] else "float32"
-    ctx = _Ctx(target=fn, adapter=adapter, path=path, want_grad=want_grad, supported=supported, base=base,
-               seed=int(seed), shrink_budget=int(shrink_budget), progress=progress, errors=errors, profile=profile,
-               sizes="few" if adapter.framework in COMPILING and max_examples < FEW_SIZES_BELOW else "all")
-    if ctx.sizes == "few":
-        report.notes.append(f"sizes drawn from conformance.strategies.FEW_SIZES ({adapter.framework} compiles each "
-                            f"new shape; --max-examples {FEW_SIZES_BELOW} or more draws every size)")
-    if not supported["float64"]:
-        report.notes.append("float64 not supported: the numeric features run in float32")
-    counts = _counts(max_examples)
     names = list(features) if features is not None else list(FEATURES)
     unknown = [f for f in names if f not in FEATURES]
     if unknown:
         raise ValueError(f"unknown features {unknown}; choose from {list(FEATURES)}")
+    if all(f in _jsd.FEATURES for f in names):  # the graph objective probes its own dtypes; skip hcl_loss's probes
+        supported = {dt: True for dt in dts}
+    else:
+        with adapter.context():
+            supported = _probe(fn, adapter, want_grad, dts)
+    base = "float64" if supported.get("float64") else "float32"
+    ctx = _Ctx(target=fn, adapter=adapter, path=path, want_grad=want_grad, supported=supported, base=base,
+               seed=int(seed), shrink_budget=int(shrink_budget), progress=progress, errors=errors, profile=profile,
+               programs=quick_or_all(adapter.framework, max_examples))
+    if ctx.programs == "few":
+        report.notes.append(f"quick run: static options and shapes drawn from a few fixed combinations per feature "
+                            f"({adapter.framework} compiles a program for each; --max-examples "
+                            f"{FEW_PROGRAMS_BELOW} or more draws every option and size freely)")
+    if not supported.get("float64"):
+        report.notes.append("float64 not supported: the numeric features run in float32")
+    counts = _counts(max_examples)
 
     jsd_target = _jsd.find_target(fn)
     jsd_path = target_path(jsd_target) if jsd_target is not None else None

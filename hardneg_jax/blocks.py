@@ -31,8 +31,8 @@ from jax import lax
 
 from .rows import Needs, Statics, block_rows
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "DEFAULT_CROSS_BUDGET", "LIVE_ROWS", "rows_per_block", "Inputs", "PassOut",
-           "run_pass"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "DEFAULT_CROSS_BUDGET", "device_default_budget", "LIVE_ROWS", "rows_per_block",
+           "Inputs", "PassOut", "run_pass"]
 
 #: Default transient working memory of the blocked computation, in bytes (``memory_budget=None``) ...
 DEFAULT_MEMORY_BUDGET = 16 * 2**20
@@ -46,6 +46,29 @@ LIVE_ROWS = 4
 #: (the 16 MiB default would give 240), as fast (0.33 s per forward+backward step either way, 2 CPU cores)
 #: with half the working memory, which keeps the cross layout's peak a tenth of the naive CLIP-style program's.
 DEFAULT_CROSS_BUDGET = DEFAULT_MEMORY_BUDGET // 2
+
+
+def device_default_budget(x) -> Optional[int]:
+    """The ``memory_budget=None`` default where ``x`` is computed: None on CPU (the defaults above, unchanged),
+    else :func:`hardneg.budget.default_memory_budget` of the accelerator (min(2 GiB, its memory / 16)).
+
+    A concrete array names its device; a tracer (under ``jit``/``vmap``) does not, and the computation then
+    runs on JAX's default backend, whose first device is asked instead. The memory size is the allocator's
+    ``bytes_limit`` (XLA preallocates a fraction of the card; its limit is what the program may use).
+    """
+    try:
+        dev = next(iter(x.devices()))
+    except Exception:  # a tracer: no concrete device
+        dev = jax.devices()[0]
+    if dev.platform == "cpu":
+        return None
+    from hardneg.budget import default_memory_budget
+
+    try:
+        total = int((dev.memory_stats() or {}).get("bytes_limit", 0))
+    except Exception:  # a platform without memory statistics
+        total = 0
+    return default_memory_budget(dev.platform, DEFAULT_MEMORY_BUDGET, total)
 
 
 def rows_per_block(n_anchors: int, n_cols: int, itemsize: int, budget: Optional[int], per_row_extra: int = 0,

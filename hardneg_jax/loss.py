@@ -14,7 +14,7 @@ import numpy as np
 from hardneg.validation import UNKNOWN, check_call, check_temperature_tensor
 
 from . import collectives
-from .blocks import DEFAULT_CROSS_BUDGET, rows_per_block
+from .blocks import DEFAULT_CROSS_BUDGET, device_default_budget, rows_per_block
 from .rows import Statics
 from .vjp import compute_dtype, hcl_core
 
@@ -174,6 +174,8 @@ def hcl_loss(
         (rows, candidates) in the compute dtype. Default: 16 MiB, raised to fit 128 rows of in-batch or
         shared-bank candidates (so 128 rows per block from C ~ 7.7k candidates on). Under ``vmap`` it is per
         problem. In the cross layout it applies to each direction's blocks (default 8 MiB, with the same floor).
+        These are the CPU defaults; on a GPU or TPU the default is min(2 GiB, device memory / 16) for every
+        layout (:mod:`hardneg.budget`), so that a large batch is not thousands of blocks of kernel launches.
     axis_name : hashable, optional (static)
         Inside ``shard_map``/``pmap``/``vmap`` over this axis: every device's z1, z2 (and labels) are
         gathered as candidates (in-batch and cross layouts); the loss is over the local anchors. Averaging
@@ -243,6 +245,8 @@ def hcl_loss(
     _check_budget(memory_budget)
 
     z1, z2 = jnp.asarray(z1), jnp.asarray(z2)
+    if memory_budget is None:  # per-device default (hardneg.budget): None on CPU, larger blocks on accelerators
+        memory_budget = device_default_budget(z1)
     neg = None if negatives is None else jnp.asarray(negatives)
     lab, nlab = _labels_for_jax(labels, negative_labels)
     cd = compute_dtype(z1.dtype)

@@ -1,8 +1,10 @@
 """hardneg_tf: the HCL objective (docs/spec.md) in TensorFlow — blockwise, closed-form gradient, Keras 3.
 
-``hcl_loss`` has the reference's signature plus ``memory_budget`` and ``gather``; ``HCLLoss`` (imported on
-first use, since it needs Keras) wraps it as a ``keras.losses.Loss``; ``LearnableTemperature`` holds its learned
-temperature.
+``hcl_loss`` has the reference's signature plus ``memory_budget`` and ``gather``. ``HCLLoss`` and
+``LearnableTemperature`` are aliases of :class:`hardneg_keras.HCLLoss` and
+:class:`hardneg_keras.LearnableTemperature` (imported on first use, since they need Keras): the Keras 3 loss,
+which computes with ``hardneg_tf.hcl_loss`` under the TensorFlow backend of Keras (and with ``hardneg_jax`` or
+``hardneg_torch`` under those backends).
 """
 
 from typing import TYPE_CHECKING

@@ -28,7 +28,7 @@ import tensorflow as tf
 from .numerics import Config, row_tail
 
 __all__ = ["InBatch", "SharedBank", "PerAnchorBank", "Cross", "temperature_grad", "plan_blocks", "forward",
-           "backward", "fused", "LIVE_BLOCKS", "DEFAULT_BUDGET", "DEFAULT_MIN_ROWS"]
+           "backward", "fused", "LIVE_BLOCKS", "DEFAULT_BUDGET", "DEFAULT_MIN_ROWS", "device_default_budget"]
 
 #: How many (bs x C) buffers a block may hold at once (S, S - m, two exponentials, dl/ds, a mask); the block
 #: size is chosen so that this many of them fit in the memory budget.
@@ -36,6 +36,24 @@ LIVE_BLOCKS = 6
 #: Default memory budget (bytes) of one block, and the fewest rows a default block has (whichever is larger).
 DEFAULT_BUDGET = 64 * 2**20
 DEFAULT_MIN_ROWS = 256
+
+
+def device_default_budget(x) -> Optional[int]:
+    """The ``memory_budget=None`` default where ``x`` lives: None on CPU (the layouts' defaults, unchanged), else
+    :func:`hardneg.budget.default_memory_budget` for a GPU/TPU (TensorFlow does not report the card's size:
+    1 GiB). An eager tensor names its device; a symbolic one inside ``tf.function`` usually does not (it is
+    placed later), and TensorFlow then places the computation on a GPU whenever one is visible.
+    """
+    name = getattr(x, "device", "") or ""
+    if name:
+        kind = tf.DeviceSpec.from_string(name).device_type or "CPU"
+    else:
+        kind = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    if kind.upper() == "CPU":
+        return None
+    from hardneg.budget import default_memory_budget
+
+    return default_memory_budget(kind, DEFAULT_BUDGET, None)
 
 
 def _is_static(*xs) -> bool:

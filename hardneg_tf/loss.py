@@ -142,7 +142,9 @@ def hcl_loss(
         Bytes of transient working memory for one row block. The block holds about six (rows x candidates)
         arrays of the compute dtype; smaller budgets mean more, smaller blocks. Default: 64 MiB, raised to
         256 anchor rows' worth when the rows are wider (2B > 10922 in float32); in the cross layout 16 MiB
-        per direction, at least 128 rows. Results do not depend on it beyond rounding.
+        per direction, at least 128 rows. These are the CPU defaults; on a GPU or TPU the default is 1 GiB
+        for every layout (:mod:`hardneg.budget`; TensorFlow does not report the card's memory, so the
+        rule's fallback applies). Results do not depend on it beyond rounding.
     gather : bool, default False
         Inside ``strategy.run`` of a ``tf.distribute`` strategy: use every replica's samples as negatives
         (through the replica context's differentiable ``all_gather``). Each replica's value covers its local
@@ -206,6 +208,8 @@ def hcl_loss(
         **hp,
     )
     budget = _check_budget(memory_budget)
+    if budget is None:  # per-device default (hardneg.budget): None on CPU, larger blocks on a GPU/TPU
+        budget = blocks.device_default_budget(z1)
     if not isinstance(gather, bool):
         raise TypeError(f"gather must be a bool (True or False); got {gather!r} of type {type(gather).__name__}")
     compute = tf.float64 if z1.dtype == tf.float64 else tf.float32

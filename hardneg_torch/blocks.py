@@ -31,11 +31,25 @@ import torch
 
 from .rows import Hyper, row_terms
 
-__all__ = ["DEFAULT_MEMORY_BUDGET", "block_rows", "in_batch", "cross", "shared_bank", "per_anchor_bank"]
+__all__ = ["DEFAULT_MEMORY_BUDGET", "device_default_budget", "block_rows", "in_batch", "cross", "shared_bank",
+           "per_anchor_bank"]
 
 #: Default bytes of transient working memory: large enough that the products run at full speed and the
 #: number of blocks stays small, small enough to stay cache-friendly (measured: docs/backends/torch.md).
 DEFAULT_MEMORY_BUDGET = 32 * 2**20
+
+
+def device_default_budget(device: torch.device) -> Optional[int]:
+    """The ``memory_budget=None`` default on ``device``: None (i.e. :data:`DEFAULT_MEMORY_BUDGET`, CPU behaviour
+    unchanged) except on CUDA, where :func:`hardneg.budget.default_memory_budget` gives min(2 GiB, total device
+    memory / 16) so that a step at large B is not thousands of blocks of kernel launches."""
+    if device.type != "cuda":
+        return None
+    from hardneg.budget import default_memory_budget
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    return default_memory_budget("cuda", DEFAULT_MEMORY_BUDGET, int(total))
+
 
 Coef = Union[None, float, torch.Tensor]
 
@@ -67,6 +81,10 @@ def _block(S: torch.Tensor, T: Optional[torch.Tensor], count: torch.Tensor, a: t
     ``hp.temperature``), a float or a 0-d tensor.
     """
     beta = hp.beta
+    if 0.0 < beta < torch.finfo(S.dtype).tiny:
+        # beta would round to 0 in S's dtype and turn the masked -inf into -inf * 0 = NaN; every finite
+        # beta * (s - m) is then below the dtype's resolution, so e^{beta (s - m)} = 1: the beta = 0 case.
+        beta = 0.0
     t = hp.temperature if t is None else t
     has = count > 0
     zero = torch.zeros((), dtype=S.dtype, device=S.device)

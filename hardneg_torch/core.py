@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import blocks
+from . import blocks, symmetric
 from .normalize import normalize_backward, normalize_rows
 from .rows import Hyper
 
@@ -121,7 +121,11 @@ def evaluate(z1, z2, negatives, labels, negative_labels, temperature, call: Call
         lab = None if labels is None else torch.cat([labels, labels])
         n_anchor_rows = sum(stop - start for start, stop in call.anchors)
         rows = blocks.block_rows(call.memory_budget, max(n_anchor_rows, 1), 2 * N, itemsize, hp, labelled)
-        loss, gU, floor = blocks.in_batch(U, lab, call.anchors, hp, coef, rows, t, want_floor)
+        tile = symmetric.tile_rows(call.memory_budget, itemsize, labelled)
+        if symmetric.choose(hp, t, call.anchors, 2 * N, call.normalize, tile, U.device.type):  # spec section 8
+            loss, gU, floor = symmetric.in_batch(U, lab, hp, coef, tile, t, rows)
+        else:
+            loss, gU, floor = blocks.in_batch(U, lab, call.anchors, hp, coef, rows, t, want_floor)
         if gU is not None:
             if call.temperature_grad:
                 dots = _dot(U, gU)

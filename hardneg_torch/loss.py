@@ -11,6 +11,7 @@ import torch
 from hardneg.validation import UNKNOWN, check_temperature_tensor
 
 from . import core
+from .blocks import device_default_budget
 from .checks import dtype_name, validate
 from .rows import Hyper
 
@@ -220,7 +221,8 @@ def hcl_loss(
         ``symmetric=False`` with another layout raises ``ValueError`` (in-batch is symmetric by
         construction; the bank layout has anchors z1 only).
     memory_budget : int, optional
-        Bytes of transient working memory for the blocked computation (default 32 MiB). The block holds
+        Bytes of transient working memory for the blocked computation (default 32 MiB on CPU; on CUDA
+        min(2 GiB, total device memory / 16), see :mod:`hardneg.budget`). The block holds
         ``memory_budget / (C * bytes)`` anchor rows against all C candidates; any positive value works,
         larger is not faster once the products run at full speed.
     gather : bool, default False
@@ -264,6 +266,8 @@ def hcl_loss(
     temp = temperature if tensor_t else None
     if not isinstance(gather, bool):
         raise TypeError(f"gather must be a bool (True or False); got {gather!r} of type {type(gather).__name__}")
+    if memory_budget is None and isinstance(z1, torch.Tensor):  # per-device default (hardneg.budget); CPU: None
+        memory_budget = device_default_budget(z1.device)
     if gather:
         from .distributed import gathered_hcl_loss
 

@@ -55,7 +55,8 @@ class HCLLoss(nn.Module):
     symmetric : bool, default True
         Cross layout only: also use z2's rows as anchors against z1's rows (CLIP's two directions).
     memory_budget : int, optional
-        Bytes of transient working memory for the blocked computation (default 32 MiB).
+        Bytes of transient working memory for the blocked computation (default 32 MiB on CPU; on CUDA
+        min(2 GiB, total device memory / 16), see :mod:`hardneg.budget`).
     gather : bool, default False
         Gather the batch from every rank of ``group`` (see :func:`hardneg_torch.hcl_loss`).
     group : torch.distributed.ProcessGroup, optional

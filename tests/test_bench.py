@@ -106,6 +106,59 @@ def test_floors_compute_the_three_products():
         np.testing.assert_allclose(b, want[1], rtol=1e-12, err_msg=name)
 
 
+def test_symmetric_floors_compute_the_two_products():
+    """Each framework's symmetric floor returns S U with S = U U^T (S standing in for the symmetric G + G^T),
+    and the torch floors write into the preallocated buffers they are given (the timed step allocates nothing)."""
+    u = np.random.default_rng(1).standard_normal((2 * B, D))
+    s = u @ u.T
+    want = s @ u
+    got = {}
+    if impls.availability(impls.IMPLS["symfloor_torch"]) is None:
+        import torch
+
+        from hardneg.bench import naive_torch
+
+        tu = torch.tensor(u)
+        got["torch"] = naive_torch.floor_symmetric(tu).numpy()
+        out = (torch.empty(2 * B, 2 * B, dtype=tu.dtype), torch.empty(2 * B, D, dtype=tu.dtype))
+        res = naive_torch.floor_symmetric(tu, out=out)
+        assert res.data_ptr() == out[1].data_ptr()
+        np.testing.assert_allclose(out[0].numpy(), s, rtol=1e-12)
+        got["torch_out"] = res.numpy()
+        out3 = tuple(torch.empty(*shape, dtype=tu.dtype) for shape in ((2 * B, 2 * B), (2 * B, D), (2 * B, D)))
+        a, b = naive_torch.floor(tu, out=out3)
+        assert a.data_ptr() == out3[1].data_ptr() and b.data_ptr() == out3[2].data_ptr()
+        np.testing.assert_allclose(a.numpy(), want, rtol=1e-12)
+        np.testing.assert_allclose(b.numpy(), s.T @ u, rtol=1e-12)
+    if impls.availability(impls.IMPLS["symfloor_jax"]) is None:
+        import jax
+
+        from hardneg.bench import naive_jax
+
+        with jax.enable_x64(True):
+            got["jax"] = np.asarray(naive_jax.floor_symmetric(jax.numpy.asarray(u)))
+    if impls.availability(impls.IMPLS["symfloor_tf"]) is None:
+        import tensorflow as tf
+
+        from hardneg.bench import naive_tf
+
+        got["tf"] = naive_tf.floor_symmetric_graph(tf.constant(u)).numpy()
+        got["tf_xla"] = naive_tf.floor_symmetric_xla(tf.constant(u)).numpy()
+    if not got:
+        pytest.skip("no framework installed")
+    for name, a in got.items():
+        assert a.shape == (2 * B, D), name
+        np.testing.assert_allclose(a, want, rtol=1e-12, err_msg=name)
+
+
+def test_every_framework_has_both_floors():
+    for fw in impls.FRAMEWORKS:
+        for table in (impls.FLOORS, impls.SYMMETRIC_FLOORS):
+            entry = impls.IMPLS[table[fw]]
+            assert entry.framework == fw and entry.kind == "floor"
+    assert set(impls.FLOORS.values()).isdisjoint(impls.SYMMETRIC_FLOORS.values())
+
+
 def test_every_available_step_runs_in_bfloat16():
     """Every registry entry whose modules are installed builds and runs a bfloat16 forward+backward step
     (float32 runs in the subprocess tests and in the reference comparisons above)."""
@@ -146,6 +199,31 @@ def test_ratios_are_baseline_over_implementation():
     ]
     (r,) = [r for r in h.ratios() if r["impl"] == "hardneg_torch"]
     assert r["speedup_vs_baseline"] == 4.0 and r["time_vs_floor"] == 2.0 and r["memory_vs_baseline"] == 0.05
+    # no symmetric floor in this run: its ratio is absent, not made up
+    assert r["symmetric_floor"] is None and r["time_vs_symmetric_floor"] is None
+    h.measurements.append(dict(base, impl="symfloor_torch", framework="torch", kind="floor", median_s=0.25,
+                               extra_bytes=400))
+    (r,) = [r for r in h.ratios() if r["impl"] == "hardneg_torch"]
+    assert r["time_vs_floor"] == 2.0 and r["time_vs_symmetric_floor"] == 4.0
+    assert r["symmetric_floor"] == "symfloor_torch"
+    assert not [r for r in h.ratios() if r["impl"] in ("floor_torch", "symfloor_torch")]  # floors get no ratios
+
+
+def test_report_table_shows_both_floor_ratios():
+    from hardneg.bench.report import format_results
+
+    base = dict(batch=64, dim=D, dtype="float32", device="cpu", estimator="hard", status="ok", message="")
+    h = Harness(Settings())
+    h.measurements = [
+        dict(base, impl="floor_torch", framework="torch", kind="floor", median_s=0.5, extra_bytes=500),
+        dict(base, impl="symfloor_torch", framework="torch", kind="floor", median_s=0.4, extra_bytes=400),
+        dict(base, impl="hardneg_torch", framework="torch", kind="backend", median_s=1.0, extra_bytes=50),
+    ]
+    text = format_results(h.to_json({"skipped": []}))
+    header = next(ln for ln in text.splitlines() if ln.startswith("implementation") and "x floor" in ln)
+    assert "x sym floor" in header
+    row = next(ln for ln in text.splitlines() if ln.startswith("hardneg_torch") and "2.00x" in ln)
+    assert row.split()[-2:] == ["2.00x", "2.50x"]
 
 
 def _torch_or_skip():
@@ -202,14 +280,36 @@ def test_cli_writes_json_and_png(tmp_path):
     out = tmp_path / "out"
     from hardneg.cli import main
 
-    rc = main(["bench", "--backend", "torch", "--impl", "naive_torch,floor_torch", "--batch", "8",
+    rc = main(["bench", "--backend", "torch", "--impl", "naive_torch,floor_torch,symfloor_torch", "--batch", "8",
                "--dtype", "float32", "--estimator", "hard", "--dim", str(D), "--reps", "1", "--small-batch", "4",
                "--no-max-batch", "--out", str(out)])
     assert rc == 0
     data = json.loads((out / "results.json").read_text())
     got = {(m["impl"], m["batch"]) for m in data["measurements"] if m["status"] == "ok"}
-    assert got == {("naive_torch", 8), ("floor_torch", 8)}
-    assert any(r["impl"] == "naive_torch" and r["time_vs_floor"] for r in data["ratios"])
+    assert got == {("naive_torch", 8), ("floor_torch", 8), ("symfloor_torch", 8)}
+    (r,) = [r for r in data["ratios"] if r["impl"] == "naive_torch"]
+    assert r["time_vs_floor"] > 0 and r["time_vs_symmetric_floor"] > 0
     assert data["settings"]["dim"] == D and data["meta"]["machine"]["cpus"]
     for name in ("time_hard.png", "memory_hard.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_reports_time_against_the_symmetric_floor(monkeypatch):
+    """benchmarks/bench_<framework>.py (hardneg.bench.compare) quotes each loss against both floors."""
+    from hardneg.bench import compare
+
+    times = {"floor_torch": 0.5, "symfloor_torch": 0.25, "naive_torch": 4.0, "hardneg_torch": 1.0}
+
+    def fake_measure(self, impl, batch, dtype, estimator, **kw):
+        t = times.get(impl)
+        status = "ok" if t else "error"
+        return {"impl": impl, "status": status, "times_s": [t] if t else [], "median_s": t, "min_s": t, "max_s": t,
+                "extra_bytes": 1000 if t else None, "message": "" if t else "not in this test"}
+
+    monkeypatch.setattr(compare.Harness, "measure", fake_measure)
+    monkeypatch.setattr(compare._impls, "availability", lambda impl: None)
+    _, lines = compare.compare("torch", batch=64, dim=D, reps=1, rounds=1, budget=10**9, threads=1)
+    text = "\n".join(lines)
+    assert "hardneg_torch x symmetric floor (symfloor_torch, 2 products): 4.00x" in text
+    assert "naive_torch x symmetric floor (symfloor_torch, 2 products): 16.00x" in text
+    assert "hardneg_torch x floor vs floor_torch: 2.00x" in text

@@ -171,7 +171,10 @@ def _reproduce_record():
     methods += [dict(key=f"hard_{b}", label=f"β = {b}", estimator="hard", beta=b, tau_plus=0.1)
                 for b in (0.0, 0.5, 1.0)]
     stat = {"linear_probe": {"mean": 0.9, "std": 0.02}, "knn": {"mean": 0.88, "std": 0.03}}
-    return {"config": {"methods": methods, "knn_k": 5, "seeds": [0, 1, 2]},
+    # the figure draws 95 % t-intervals from the per-seed runs
+    runs = [{"method": m["key"], "seed": s, "metrics": {"linear_probe": 0.9 + 0.01 * s * i, "knn": 0.88 - 0.01 * s}}
+            for i, m in enumerate(methods) for s in (0, 1, 2)]
+    return {"config": {"methods": methods, "knn_k": 5, "seeds": [0, 1, 2]}, "runs": runs,
             "summary": {m["key"]: stat for m in methods},
             "baselines": {"raw pixels": stat}, "meta": {"backend": "torch"}}
 
@@ -185,7 +188,7 @@ def test_reproduce_plot_has_a_legend_entry_for_the_shaded_band():
     fig = accuracy_figure(_reproduce_record())
     (legend,) = fig.legends
     labels = [t.get_text() for t in legend.get_texts()]
-    assert any("std" in label and "NT-Xent" in label for label in labels), labels
+    assert any("95 %" in label and "NT-Xent" in label for label in labels), labels
     band_handles = [h for h in legend.legend_handles if isinstance(h, Rectangle)]
     assert band_handles, "the shaded band has no patch in the legend"
     assert _overlaps(fig, legend, fig.axes) == []

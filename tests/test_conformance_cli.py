@@ -28,6 +28,12 @@ def test_target_that_conforms_exits_0_with_table_and_json(tmp_path):
     assert doc["ok"] is True and doc["seed"] == 5
     (rep,) = doc["results"].values()
     assert rep["verdict"] == "PASS" and rep["max_examples"] == 3
+    # the examples each feature drew, one row per feature
+    lines = proc.stdout.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("examples per feature"))
+    rows = dict(line.split()[:2] for line in lines[top + 2: top + 2 + len(rep["features"])])
+    assert rows == {f["name"]: str(f["examples"]) for f in rep["features"]}
+    assert rows["hard"] == "3"
 
 
 def test_failing_target_exits_1_and_prints_a_snippet():
@@ -51,6 +57,34 @@ def test_backend_run_goes_through_a_worker_process(tmp_path):
     rep = json.loads(out.read_text())["results"]["torch"]
     assert [f["name"] for f in rep["features"]][:2] == ["hard", "reductions"]
     assert (proc.returncode == 0) == (rep["verdict"] != "FAIL")
+    (worker,) = rep["workers"]  # one worker, whose CPU time is reported
+    assert worker["part"] == "all" and worker["cpu_s"] > 0
+    assert "CPU time of the workers: torch" in proc.stdout
+
+
+def test_jax_is_verified_by_two_workers_whose_reports_are_merged(tmp_path, monkeypatch):
+    """JAX's verification is split over two workers (hcl_loss's features, the graph objective's) so that it can use
+    both cores; `hardneg verify` shows one row with every feature once, in order, and both workers' times. (The
+    workers verify the NumPy reference in JAX's place, patched in by a sitecustomize: the split is what is tested.)"""
+    import argparse
+    import os
+
+    from conformance import cli
+    from conformance.suite import FEATURES
+
+    (tmp_path / "sitecustomize.py").write_text(
+        "from conformance import backends\nbackends.BACKENDS['jax'] = ('hardneg', 'numpy')\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path)] + sys.path))
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    args = p.parse_args(["--backend", "jax", "--max-examples", "1"])
+    with open(tmp_path / "progress", "w") as fh:
+        results = cli._run_workers(["jax"], args, cli._Progress(1, stream=fh))
+    rep = results["jax"]
+    assert "jax" in cli.SPLIT and rep["framework"] == "numpy", rep
+    assert sorted(w["part"] for w in rep["workers"]) == ["hcl", "jsd"]
+    assert [f["name"] for f in rep["features"]] == list(FEATURES)
+    assert rep["verdict"] == "PASS" and all(f["examples"] > 0 for f in rep["features"])
 
 
 def test_target_needs_framework():

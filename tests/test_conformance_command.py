@@ -200,40 +200,6 @@ def test_practical_profile_accepts_a_port_that_only_misses_the_overflow_free_nor
     assert "profile practical" in practical.summary()
 
 
-# ------------------------------------------------------------------------------------------------ JAX's quick run
-
-
-def test_few_sizes_only_below_the_threshold_and_every_size_above():
-    """JAX's quick run draws shapes from a small fixed set (compiled programs get reused); a thorough run
-    (--max-examples >= FEW_SIZES_BELOW) still reaches every size of the strategies."""
-    from dataclasses import replace
-
-    from hypothesis import find, given, settings
-
-    from conformance import strategies as cs
-    from conformance.suite import FEW_SIZES_BELOW, _Ctx, _space
-
-    few = replace(cs.Space(), sizes="few")
-    seen = set()
-
-    @settings(max_examples=40, database=None, deadline=None)
-    @given(cs.cases(few))
-    def draw_few(c):
-        seen.add(c.z1.shape)
-
-    draw_few()
-    assert seen and seen <= {(b, d) for b in cs.FEW_SIZES["B"] for d in cs.FEW_SIZES["d"]}
-    big = find(cs.cases(cs.Space()), lambda c: c.z1.shape[0] == 64 and c.z1.shape[1] == 128,
-               settings=settings(max_examples=2000, database=None))
-    assert big.z1.shape == (64, 128)
-    sup = {k: True for k in ("sum", "none", "labels", "easy", "clamp_off", "unnormalized", "beta_inf", "shared",
-                             "per_anchor", "layout", "cross", "cross_oneway", "cross_bank_shared",
-                             "cross_bank_per_anchor", "temperature_grad")}
-    ctx = _Ctx(target=None, adapter=None, path=None, want_grad=True, supported=sup, base="float64", seed=0,
-               shrink_budget=1, progress=None, sizes="all")
-    assert _space(ctx, "hard").sizes == "all" and FEW_SIZES_BELOW <= 50
-
-
 def test_port_that_stops_reading_cannot_block_a_large_request(tmp_path):
     """A request larger than the pipe's buffer to a port that never reads: a timeout, not a hang."""
     cmd = _script(tmp_path, "import time\ntime.sleep(600)\n")

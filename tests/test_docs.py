@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 
 # Third-party frameworks a documentation block may need; a block whose framework is absent is skipped.
-FRAMEWORKS = ("torch", "jax", "optax", "tensorflow", "keras")
+FRAMEWORKS = ("torch", "jax", "optax", "tensorflow", "keras", "sentence_transformers", "datasets")
 # Markdown files whose python blocks run: README.md and every page of the site.
 PAGES = [ROOT / "README.md"] + sorted(DOCS.rglob("*.md"))
 
@@ -171,7 +171,11 @@ def test_overview_lists_every_backend_only_option():
 
 # Classes whose every constructor parameter must be described in the class docstring (NumPy style), read from
 # the sources without importing the frameworks.
-DOCUMENTED_CLASSES = (("hardneg_torch/module.py", "HCLLoss"), ("hardneg_tf/keras.py", "HCLLoss"))
+# hardneg_tf/keras.py re-exports the Keras classes of hardneg_keras/loss.py (one implementation for every backend).
+DOCUMENTED_CLASSES = (("hardneg_torch/module.py", "HCLLoss"), ("hardneg_keras/loss.py", "HCLLoss"),
+                      ("hardneg_keras/loss.py", "LearnableTemperature"),
+                      ("hardneg_torch/sentence_transformers.py", "HardNegativeRankingLoss"),
+                      ("hardneg_torch/sentence_transformers.py", "CachedHardNegativeRankingLoss"))
 
 
 def _numpy_section(doc: str, title: str) -> dict:

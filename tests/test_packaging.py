@@ -129,7 +129,8 @@ def test_extras_respect_gpu_builds(dist):
         meta = Parser().parsestr(zf.read(f"hardneg-{hardneg.__version__}.dist-info/METADATA").decode())
     assert meta["Version"] == hardneg.__version__
     extras = set(meta.get_all("Provides-Extra"))
-    assert {"torch", "jax", "tf", "tf-cpu", "verify", "bench", "reproduce", "all", "test", "docs"} <= extras
+    assert {"torch", "jax", "tf", "tf-cpu", "keras", "sentence-transformers", "verify", "bench", "reproduce", "all",
+            "test", "docs"} <= extras
     requires = meta.get_all("Requires-Dist")
     cpu_only = [r for r in requires if "tensorflow-cpu" in r or "jax[cpu]" in r.replace(" ", "")]
     assert cpu_only and all('extra == "tf-cpu"' in r for r in cpu_only), cpu_only

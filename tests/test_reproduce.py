@@ -296,6 +296,21 @@ def _check_outputs(paths, record, config):
     for m in config.methods:
         assert f"| {m.label} | {m.estimator} |" in md
     assert record["meta"]["backend"] in md
+    # paired differences to NT-Xent with 95 % t-intervals: in the JSON and in the table (one report path
+    # for every task)
+    if len(config.seeds) > 1:
+        from scipy.stats import t
+
+        assert "95 % Student-t interval" in md and "| method | β | Δ linear probe (pp) | Δ kNN (pp) |" in md
+        ref = {r["seed"]: r["metrics"]["linear_probe"] for r in doc["runs"] if r["method"] == "ntxent"}
+        for k in keys[1:]:
+            d = [r["metrics"]["linear_probe"] - ref[r["seed"]] for r in sorted(doc["runs"], key=lambda r: r["seed"])
+                 if r["method"] == k]
+            pd = doc["paired_differences"][k]["linear_probe"]
+            half = t.ppf(0.975, len(d) - 1) * np.std(d, ddof=1) / math.sqrt(len(d))
+            assert pd["mean"] == pytest.approx(np.mean(d), abs=1e-12)
+            assert (pd["lo"], pd["hi"]) == pytest.approx((np.mean(d) - half, np.mean(d) + half), abs=1e-12)
+            assert pd["excludes_zero"] == (pd["lo"] > 0 or pd["hi"] < 0)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -21,6 +21,8 @@ ALLOWED_EXTRAS = {
     "hardneg_torch": {"memory_budget": None, "gather": False, "group": None},
     "hardneg_jax": {"memory_budget": None, "axis_name": None},
     "hardneg_tf": {"memory_budget": None, "gather": False},
+    # the Keras 3 loss (a class only): extras it passes to the backend it dispatches to (gather: TF and torch)
+    "hardneg_keras": {"memory_budget": None, "gather": False},
 }
 # The reference's loss functions, each with a ``<name>_and_grad`` twin; jsd_loss joined in spec 1.1.
 FUNCTIONS = [name for name in ("hcl_loss", "jsd_loss") if hasattr(hardneg, name)]
@@ -79,7 +81,8 @@ def test_layout_and_symmetric_follow_reduction_with_spec_1_0_defaults():
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[2:])
 
 
-CLASSES = [("hardneg_torch", "HCLLoss", "forward"), ("hardneg_tf", "HCLLoss", "call")]
+CLASSES = [("hardneg_torch", "HCLLoss", "forward"), ("hardneg_tf", "HCLLoss", "call"),
+           ("hardneg_keras", "HCLLoss", "call")]
 
 
 @pytest.mark.parametrize("backend,cls,method", CLASSES, ids=[c[0] for c in CLASSES])

@@ -1,4 +1,10 @@
-"""HCLLoss in Keras 3 workflows: model.fit with both views in one output, a custom train_step, mixed_float16."""
+"""HCLLoss in Keras 3 workflows under the TensorFlow backend: model.fit with both views in one output, a custom
+train_step (tf.GradientTape), mixed_float16, tf.function / GradientTape details.
+
+``hardneg_tf.HCLLoss`` is now an alias of ``hardneg_keras.HCLLoss`` (one loss for every Keras backend); these
+tests keep covering the TensorFlow path through the old import, unchanged. The other backends, and the
+TensorFlow backend against the float64 reference in a fresh process, are in tests/test_keras_backends.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,12 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 keras = pytest.importorskip("keras")
 
+if keras.config.backend() != "tensorflow":  # GradientTape-based tests; other backends: test_keras_backends.py
+    pytest.skip(f"the TensorFlow backend of Keras is not active (KERAS_BACKEND={keras.config.backend()})",
+                allow_module_level=True)
+
 import hardneg  # noqa: E402
+import hardneg_keras  # noqa: E402
 import hardneg_tf  # noqa: E402
 from hardneg_tf import HCLLoss  # noqa: E402
 
@@ -178,3 +189,28 @@ def test_config_round_trip_and_errors():
         HCLLoss()(None, tf.zeros([B, 3, D]))
     with pytest.raises(ValueError, match="sample_weight"):
         HCLLoss()(None, tf.zeros([B, 2, D]), sample_weight=tf.ones([B]))
+
+
+def test_hardneg_tf_exports_the_keras_loss():
+    """Backward compatibility: hardneg_tf's Keras names are hardneg_keras' classes, and the registered names
+    (hardneg>HCLLoss, hardneg>LearnableTemperature) that saved models refer to are unchanged."""
+    from hardneg_tf.keras import LearnableTemperature, split_views
+
+    assert hardneg_tf.HCLLoss is hardneg_keras.HCLLoss and HCLLoss is hardneg_keras.HCLLoss
+    assert LearnableTemperature is hardneg_tf.LearnableTemperature is hardneg_keras.LearnableTemperature
+    assert split_views is hardneg_keras.split_views
+    assert {"HCLLoss", "LearnableTemperature"} <= set(hardneg_tf.__all__)
+    assert keras.saving.get_registered_name(HCLLoss) == "hardneg>HCLLoss"
+    assert keras.saving.get_registered_object("hardneg>LearnableTemperature") is LearnableTemperature
+
+
+def test_a_bank_in_a_custom_train_step():
+    """The loss called by hand with negatives= (a MoCo queue): the bank layout, as hardneg_tf.hcl_loss."""
+    z1, z2 = tf.constant(X[:, 0, :D]), tf.constant(X[:, 1, :D])
+    bank = tf.constant(RNG.normal(size=(5, D)).astype("float32"))
+    got = HCLLoss(beta=0.5)(None, (z1, z2), negatives=bank)
+    ref = hardneg.hcl_loss(X[:, 0, :D].astype(np.float64), X[:, 1, :D].astype(np.float64), beta=0.5,
+                           negatives=bank.numpy().astype(np.float64))
+    np.testing.assert_allclose(float(got), ref, rtol=64 * ((2 + 0.5) / 0.5 + 10) * 2.0**-24)
+    with pytest.raises(ValueError, match="layout='bank' needs a negatives bank"):
+        HCLLoss(layout="bank")(None, (z1, z2))

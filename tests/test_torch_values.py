@@ -142,6 +142,17 @@ def test_small_temperature_is_finite(dtype):
     assert torch.isfinite(value)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("bank", [None, "shared"])
+def test_beta_below_the_dtypes_smallest_number(dtype, bank):
+    """A positive beta that rounds to 0 in the compute dtype is the beta = 0 case, not -inf * 0 = NaN.
+
+    Found by ``hardneg verify`` (beta ~ 1e-206 in float32): the masked self-similarity (-inf) times a beta
+    that is 0 in float32 gave NaN gradients and a wrong value.
+    """
+    check(dtype, bank=bank, beta=1e-320 if dtype == torch.float64 else 1e-46, reduction="none")
+
+
 def test_undefined_anchor_makes_every_gradient_nan():
     # clamp=False with a large tau+ at small t: some denominators are <= 0 (spec section 6).
     z1, z2, _ = _inputs(torch.float64)

@@ -14,7 +14,8 @@ Presets (``--batch``, ``--estimator``, ``--reps`` and ``--max-batch`` override t
                largest-batch search (float32, steps up to 300 s)
 
 Every measurement runs in its own process (see :mod:`hardneg.bench.harness`). The headline is each
-implementation's ratio to the naive baseline and to the floor measured in the same run.
+implementation's ratio to the naive baseline and to the two floors measured in the same run: the
+three-product floor (S = U U^T, G U, G^T U) and the two-product symmetric floor (S = U U^T, (G + G^T) U).
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "  --full    B in {256, ..., 8192}, 5 repetitions, largest-batch search up to 300 s per step\n"
         "implementations: " + ", ".join(_impls.IMPLS) + "\n"
         "Each measurement runs in its own process; memory is the peak above a small-batch run of the same\n"
-        "program. Ratios to the naive baseline and the matmul floor measured in the same run are the headline.\n"
+        "program. Ratios to the naive baseline and to the matmul floors measured in the same run are the\n"
+        "headline: x floor (3 products: S = U U^T, G U, G^T U) and x sym floor (2 products: S, (G + G^T) U).\n"
         "On a loaded machine (1-minute load average above the CPU count) a warning is printed and recorded in\n"
         "results.json: measure on an idle machine, or with --threads 1."
     )

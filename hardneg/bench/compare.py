@@ -34,10 +34,11 @@ TARGETS = {
            ("hardneg_tf_cross_xla", "naive_tf_cross_xla", "memory", 0.1)],
 }
 ORDER = {
-    "torch": ["floor_torch", "naive_torch", "hardneg_torch", "hardneg.bench.naive_torch:build_floor_cross",
+    "torch": ["floor_torch", "symfloor_torch", "naive_torch", "hardneg_torch",
+              "hardneg.bench.naive_torch:build_floor_cross",
               "naive_torch_cross", "hardneg_torch_cross"],
-    "jax": ["floor_jax", "naive_jax", "hardneg_jax", "naive_jax_cross", "hardneg_jax_cross"],
-    "tf": ["floor_tf", "naive_tf_xla", "naive_tf", "hardneg_tf", "hardneg_tf_xla", "naive_tf_cross_xla",
+    "jax": ["floor_jax", "symfloor_jax", "naive_jax", "hardneg_jax", "naive_jax_cross", "hardneg_jax_cross"],
+    "tf": ["floor_tf", "symfloor_tf", "naive_tf_xla", "naive_tf", "hardneg_tf", "hardneg_tf_xla", "naive_tf_cross_xla",
            "hardneg_tf_cross_xla"],
 }
 
@@ -112,6 +113,15 @@ def compare(framework: str, *, batch: int = 4096, dim: int = 128, dtype: str = "
         if quantity != "memory":  # on a busy machine the fastest repetitions are the least disturbed
             shown += f" (from the fastest repetitions: {_ratio(got.get(impl), got.get(base), quantity, 'min_s'):.2f}x)"
         lines.append(f"  {impl} {quantity} vs {base}: {shown}  (target {sign} {bound:g}: {'met' if ok else 'MISSED'})")
+    # the two-product floor of the symmetric in-batch layout (S = U U^T, (G + G^T) U): no target, reported
+    sym = _impls.SYMMETRIC_FLOORS[framework]
+    for n in names:
+        if _impls.get(n).kind not in ("backend", "naive"):
+            continue
+        r = _ratio(got.get(n), got.get(sym), "x floor")
+        if r is not None:
+            lines.append(f"  {n} x symmetric floor ({sym}, 2 products): {r:.2f}x "
+                         f"(from the fastest repetitions: {_ratio(got.get(n), got.get(sym), 'x floor', 'min_s'):.2f}x)")
     for big in large:
         backend = [n for n in names if _impls.get(n).kind == "backend"]
         for n in backend:

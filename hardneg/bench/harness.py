@@ -293,8 +293,10 @@ class Harness:
     def ratios(self) -> List[dict]:
         """Headline ratios of each implementation against its baseline and floor measured in this run.
 
-        ``speedup_vs_baseline`` = baseline time / time; ``time_vs_floor`` = time / floor time;
-        ``memory_vs_baseline`` = extra memory / the baseline's extra memory. Only "ok" measurements count.
+        ``speedup_vs_baseline`` = baseline time / time; ``time_vs_floor`` = time / floor time (three products:
+        S = U U^T, G U, G^T U); ``time_vs_symmetric_floor`` = time / symmetric floor time (two products:
+        S = U U^T, (G + G^T) U); ``memory_vs_baseline`` = extra memory / the baseline's extra memory. Only
+        "ok" measurements count; a ratio whose reference was not measured in this run is None.
         """
         ok = {(m["impl"], m["batch"], m["dtype"], m["estimator"]): m for m in self.measurements
               if m["status"] == "ok" and not m.get("first_call_only")}
@@ -305,18 +307,24 @@ class Harness:
                 continue
             base_name = _impls.BASELINES.get(impl)
             floor_name = _impls.FLOORS.get(entry.framework)
+            sym_name = _impls.SYMMETRIC_FLOORS.get(entry.framework)
             base = ok.get((base_name, batch, dtype, est)) if base_name else None
             floor = ok.get((floor_name, batch, dtype, est)) if floor_name else None
+            sym = ok.get((sym_name, batch, dtype, est)) if sym_name else None
             r = {"impl": impl, "batch": batch, "dtype": dtype, "estimator": est,
                  "baseline": base_name if base else None, "floor": floor_name if floor else None,
-                 "speedup_vs_baseline": None, "memory_vs_baseline": None, "time_vs_floor": None}
+                 "symmetric_floor": sym_name if sym else None,
+                 "speedup_vs_baseline": None, "memory_vs_baseline": None, "time_vs_floor": None,
+                 "time_vs_symmetric_floor": None}
             if base:
                 r["speedup_vs_baseline"] = base["median_s"] / m["median_s"]
                 if base["extra_bytes"] and m["extra_bytes"] is not None and base["extra_bytes"] > 0:
                     r["memory_vs_baseline"] = m["extra_bytes"] / base["extra_bytes"]
             if floor:
                 r["time_vs_floor"] = m["median_s"] / floor["median_s"]
-            if base or floor:
+            if sym:
+                r["time_vs_symmetric_floor"] = m["median_s"] / sym["median_s"]
+            if base or floor or sym:
                 out.append(r)
         return out
 

@@ -9,7 +9,10 @@ Kinds
 -----
 backend   hardneg_torch / hardneg_jax / hardneg_tf ``hcl_loss`` (skipped with a message when not installed).
 naive     the released arithmetic transliterated into the same framework (hardneg.bench.naive_*).
-floor     S = U U^T, G U, G^T U: the (2B x d)(d x 2B)-class products any implementation needs.
+floor     S = U U^T, G U, G^T U: the three (2B x d)(d x 2B)-class products of an implementation that
+          computes G U and G^T U separately ("floor_*"), and S = U U^T, (G + G^T) U: the two products of one
+          that uses the symmetry of the in-batch layout ("symfloor_*", the symmetric floor). Outputs are
+          preallocated where the framework allows it (torch), so a floor times arithmetic, not allocation.
 external  lightly's and pytorch-metric-learning's NTXentLoss (estimator "easy" only; optional).
 
 A custom entry ``"module:function"`` names a builder with the signature of :func:`build` (used by the tests).
@@ -22,7 +25,8 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-__all__ = ["Impl", "IMPLS", "FRAMEWORKS", "BASELINES", "get", "availability", "build", "for_backends"]
+__all__ = ["Impl", "IMPLS", "FRAMEWORKS", "BASELINES", "FLOORS", "SYMMETRIC_FLOORS", "get", "availability", "build",
+           "for_backends"]
 
 FRAMEWORKS = ("torch", "jax", "tf")
 
@@ -59,6 +63,8 @@ IMPLS: Dict[str, Impl] = {
              install_hint="pip install 'hardneg[torch]'", builder="_torch_backend"),
         Impl("naive_torch", "torch", "naive", ("torch",), "naive torch (eager)", builder="_torch_naive"),
         Impl("floor_torch", "torch", "floor", ("torch",), "floor: 3 matmuls (torch)", builder="_torch_floor"),
+        Impl("symfloor_torch", "torch", "floor", ("torch",), "symmetric floor: 2 matmuls (torch)",
+             builder="_torch_symfloor"),
         Impl("hardneg_torch_cross", "torch", "backend", ("torch", "hardneg_torch"),
              "hardneg_torch cross layout (eager)", install_hint="pip install 'hardneg[torch]'", builder="_torch_backend_cross"),
         Impl("naive_torch_cross", "torch", "naive", ("torch",), "naive torch CLIP-style cross (eager)",
@@ -71,6 +77,8 @@ IMPLS: Dict[str, Impl] = {
              install_hint="pip install 'hardneg[jax]'", builder="_jax_backend"),
         Impl("naive_jax", "jax", "naive", ("jax",), "naive jax (jit)", builder="_jax_naive"),
         Impl("floor_jax", "jax", "floor", ("jax",), "floor: 3 matmuls (jax jit)", builder="_jax_floor"),
+        Impl("symfloor_jax", "jax", "floor", ("jax",), "symmetric floor: 2 matmuls (jax jit)",
+             builder="_jax_symfloor"),
         Impl("hardneg_jax_cross", "jax", "backend", ("jax", "hardneg_jax"), "hardneg_jax cross layout (jit)",
              install_hint="pip install 'hardneg[jax]'", builder="_jax_backend_cross"),
         Impl("naive_jax_cross", "jax", "naive", ("jax",), "naive jax CLIP-style cross (jit)",
@@ -82,6 +90,8 @@ IMPLS: Dict[str, Impl] = {
         Impl("naive_tf", "tf", "naive", ("tensorflow",), "naive tf (tf.function)", builder="_tf_naive"),
         Impl("naive_tf_xla", "tf", "naive", ("tensorflow",), "naive tf (XLA)", builder="_tf_naive_xla"),
         Impl("floor_tf", "tf", "floor", ("tensorflow",), "floor: 3 matmuls (tf)", builder="_tf_floor"),
+        Impl("symfloor_tf", "tf", "floor", ("tensorflow",), "symmetric floor: 2 matmuls (tf)",
+             builder="_tf_symfloor"),
         Impl("hardneg_tf_cross_xla", "tf", "backend", ("tensorflow", "hardneg_tf"), "hardneg_tf cross layout (XLA)",
              install_hint="pip install 'hardneg[tf]'", builder="_tf_backend_cross_xla"),
         Impl("naive_tf_cross_xla", "tf", "naive", ("tensorflow",), "naive tf CLIP-style cross (XLA)",
@@ -102,8 +112,10 @@ BASELINES: Dict[str, str] = {
     "naive_tf": "naive_tf_xla",
     "hardneg_tf_cross_xla": "naive_tf_cross_xla",
 }
-#: The floor of each framework.
+#: The floor of each framework: three products, S = U U^T, G U, G^T U ...
 FLOORS: Dict[str, str] = {"torch": "floor_torch", "jax": "floor_jax", "tf": "floor_tf"}
+#: ... and the symmetric floor: two products, S = U U^T and (G + G^T) U (the in-batch layout's S is symmetric).
+SYMMETRIC_FLOORS: Dict[str, str] = {"torch": "symfloor_torch", "jax": "symfloor_jax", "tf": "symfloor_tf"}
 
 
 def for_backends(backends: List[str], estimator: str, external: bool = True) -> List[Impl]:
@@ -151,7 +163,7 @@ def build(name: str, batch: int, dim: int, dtype: str, device: str, estimator: s
     Parameters
     ----------
     name : registry key or ``"module:function"``.
-    batch, dim : B pairs of d features (the floor gets U of shape (2B, d)).
+    batch, dim : B pairs of d features (the floors get U of shape (2B, d)).
     dtype : "float32", "bfloat16", "float16" or "float64".
     device : "cpu" or "cuda".
     estimator : "hard" or "easy".
@@ -220,10 +232,29 @@ def _torch_floor(batch, dim, dtype, device, estimator, hp, seed):
     from . import naive_torch
 
     u, _ = _torch_inputs(batch, dim, dtype, device, seed, rows=2 * batch, grad=False)
+    n = 2 * batch
+    out = (u.new_empty((n, n)), u.new_empty((n, dim)), u.new_empty((n, dim)))  # S, G U, G^T U
 
     def step():
         with torch.no_grad():
-            naive_torch.floor(u)
+            naive_torch.floor(u, out=out)
+        _torch_sync(device)
+
+    return step
+
+
+def _torch_symfloor(batch, dim, dtype, device, estimator, hp, seed):
+    import torch
+
+    from . import naive_torch
+
+    u, _ = _torch_inputs(batch, dim, dtype, device, seed, rows=2 * batch, grad=False)
+    n = 2 * batch
+    out = (u.new_empty((n, n)), u.new_empty((n, dim)))  # S, (G + G^T) U
+
+    def step():
+        with torch.no_grad():
+            naive_torch.floor_symmetric(u, out=out)
         _torch_sync(device)
 
     return step
@@ -327,6 +358,15 @@ def _jax_floor(batch, dim, dtype, device, estimator, hp, seed):
     return lambda: jax.block_until_ready(naive_jax.floor(u))
 
 
+def _jax_symfloor(batch, dim, dtype, device, estimator, hp, seed):
+    import jax
+
+    from . import naive_jax
+
+    u, _ = _jax_inputs(batch, dim, dtype, device, seed, rows=2 * batch)
+    return lambda: jax.block_until_ready(naive_jax.floor_symmetric(u))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # tensorflow
 
@@ -410,3 +450,10 @@ def _tf_floor(batch, dim, dtype, device, estimator, hp, seed):
 
     u, _ = _tf_inputs(batch, dim, dtype, device, seed, rows=2 * batch)
     return lambda: _tf_sync(naive_tf.floor_graph(u))
+
+
+def _tf_symfloor(batch, dim, dtype, device, estimator, hp, seed):
+    from . import naive_tf
+
+    u, _ = _tf_inputs(batch, dim, dtype, device, seed, rows=2 * batch)
+    return lambda: _tf_sync(naive_tf.floor_symmetric_graph(u))

@@ -26,7 +26,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-__all__ = ["hcl_loss", "value_and_grad", "floor", "negative_mask", "hcl_cross_loss", "cross_value_and_grad"]
+__all__ = ["hcl_loss", "value_and_grad", "floor", "floor_symmetric", "negative_mask", "hcl_cross_loss",
+           "cross_value_and_grad"]
 
 
 def negative_mask(batch: int) -> jax.Array:
@@ -98,6 +99,24 @@ def floor(u):
     """
     s = u @ u.T
     return s @ u, s.T @ u
+
+
+@partial(jax.jit)
+def floor_symmetric(u):
+    """The two products of the symmetric in-batch layout: S = U U^T, then (G + G^T) U (jitted).
+
+    dL/dU = (G + G^T) U with G = dL/dS; G + G^T is symmetric like S, so one (2B x 2B)(2B x d) product
+    does the backward pass. S stands in for G + G^T.
+
+    Parameters
+    ----------
+    u : jax.Array, shape (2B, d)
+
+    Returns
+    -------
+    (G + G^T) U : array of shape (2B, d).
+    """
+    return (u @ u.T) @ u
 
 
 def _released_rows(logits, temperature, beta, tau_plus, estimator):

@@ -26,8 +26,8 @@ import math
 
 import tensorflow as tf
 
-__all__ = ["hcl_loss", "make_value_and_grad", "floor_graph", "floor_xla", "negative_mask", "hcl_loss_cross",
-           "make_value_and_grad_cross"]
+__all__ = ["hcl_loss", "make_value_and_grad", "floor_graph", "floor_xla", "floor_symmetric_graph",
+           "floor_symmetric_xla", "negative_mask", "hcl_loss_cross", "make_value_and_grad_cross"]
 
 
 def negative_mask(batch: int) -> tf.Tensor:
@@ -154,3 +154,15 @@ def _floor(u):
 floor_graph = tf.function(_floor)
 #: ... and compiled by XLA. Input u: (2B, d); output: two (2B, d) tensors.
 floor_xla = tf.function(_floor, jit_compile=True)
+
+
+def _floor_symmetric(u):
+    s = tf.matmul(u, u, transpose_b=True)
+    return tf.matmul(s, u)
+
+
+#: The two products of the symmetric in-batch layout: S = U U^T, then (G + G^T) U (S stands in for the
+#: symmetric G + G^T, so one (2B x 2B)(2B x d) product does the backward pass), as a graph ...
+floor_symmetric_graph = tf.function(_floor_symmetric)
+#: ... and compiled by XLA. Input u: (2B, d); output: one (2B, d) tensor.
+floor_symmetric_xla = tf.function(_floor_symmetric, jit_compile=True)

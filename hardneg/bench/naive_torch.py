@@ -24,8 +24,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["hcl_loss", "floor", "negative_mask", "hcl_loss_cross", "floor_cross", "build_backend_cross",
-           "build_naive_cross", "build_floor_cross"]
+__all__ = ["hcl_loss", "floor", "floor_symmetric", "negative_mask", "hcl_loss_cross", "floor_cross",
+           "build_backend_cross", "build_naive_cross", "build_floor_cross"]
 
 
 def negative_mask(batch: int, device=None) -> torch.Tensor:
@@ -75,22 +75,56 @@ def hcl_loss(z1, z2, temperature=0.5, beta=1.0, tau_plus=0.1, estimator="hard"):
     return (-torch.log(pos / (pos + ng))).mean()
 
 
-def floor(u: torch.Tensor):
+def floor(u: torch.Tensor, out=None):
     """The three (2B x d)(d x 2B)-class products the loss needs: S = U U^T, then G U and G^T U.
 
     ``G`` stands for the (2B x 2B) gradient with respect to S; S itself is reused for it, so one
-    (2B x 2B) buffer is live. No implementation of the loss can do less arithmetic than this.
+    (2B x 2B) buffer is live. An implementation that computes G U and G^T U separately cannot do less
+    arithmetic than this (see :func:`floor_symmetric` for one that uses the symmetry of S).
 
     Parameters
     ----------
     u : torch.Tensor, shape (2B, d)
+    out : optional (S, GU, GTU) preallocated tensors of shapes (2B, 2B), (2B, d), (2B, d): the products are
+        written into them, so a timed step allocates nothing (the benchmark's floor; allocating a fresh
+        (2B)^2 buffer costs page faults on CPU that are not arithmetic).
 
     Returns
     -------
     (G U, G^T U) : two tensors of shape (2B, d).
     """
-    s = u @ u.T
-    return s @ u, s.T @ u
+    if out is None:
+        s = u @ u.T
+        return s @ u, s.T @ u
+    s, a, b = out
+    torch.mm(u, u.T, out=s)
+    torch.mm(s, u, out=a)
+    torch.mm(s.T, u, out=b)
+    return a, b
+
+
+def floor_symmetric(u: torch.Tensor, out=None):
+    """The two products a loss on the symmetric in-batch layout needs: S = U U^T, then (G + G^T) U.
+
+    With S = U U^T, dL/dU = (G + G^T) U, where G = dL/dS; an implementation that forms G + G^T block by
+    block (it is symmetric, like S) needs one (2B x 2B)(2B x d) product in the backward pass instead of two.
+    S stands in for G + G^T.
+
+    Parameters
+    ----------
+    u : torch.Tensor, shape (2B, d)
+    out : optional (S, GU) preallocated tensors of shapes (2B, 2B) and (2B, d).
+
+    Returns
+    -------
+    (G + G^T) U : tensor of shape (2B, d).
+    """
+    if out is None:
+        return (u @ u.T) @ u
+    s, a = out
+    torch.mm(u, u.T, out=s)
+    torch.mm(s, u, out=a)
+    return a
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -19,8 +19,9 @@ _EXTRA = {"lightly_ntxent": "tab:purple", "pml_ntxent": "tab:brown"}
 
 def _style(impl: str, kind: str, framework: str) -> dict:
     xla = impl.endswith("_xla")
+    marker = "^" if impl.startswith("symfloor_") else "s" if xla else "o"  # the two floors share colour and style
     return {"color": _EXTRA.get(impl, _COLOR.get(framework, "tab:gray")), "linestyle": _STYLE.get(kind, "-"),
-            "marker": "s" if xla else "o", "markerfacecolor": "white" if xla else None}
+            "marker": marker, "markerfacecolor": "white" if xla else None}
 
 
 def _figure(data: dict, estimator: str, metric: str, path: str) -> None:

@@ -44,15 +44,16 @@ def format_results(data: dict) -> str:
                    f"  (estimator={est}, {dtype}, d={st['dim']}, {st['device']})")
         out.append(_table(["implementation"] + [f"B={b}" for b in batches],
                           [[i] + [_cell(by.get((i, b))) for b in batches] for i in impls]))
-    rat = [r for r in data["ratios"] if r["baseline"] or r["floor"]]
+    rat = [r for r in data["ratios"] if r["baseline"] or r["floor"] or r.get("symmetric_floor")]
     if rat:
-        out.append("\nratios from this run (speedup = baseline time / time; x floor = time / floor time;"
-                   " memory = extra memory / baseline's)")
+        out.append("\nratios from this run (speedup = baseline time / time; x floor = time / floor time, 3 products"
+                   " S = U U^T, G U, G^T U; x sym floor = time / symmetric floor time, 2 products S = U U^T,"
+                   " (G + G^T) U; memory = extra memory / baseline's)")
         out.append(_table(
-            ["implementation", "estimator", "dtype", "B", "baseline", "speedup", "memory", "x floor"],
+            ["implementation", "estimator", "dtype", "B", "baseline", "speedup", "memory", "x floor", "x sym floor"],
             [[r["impl"], r["estimator"], r["dtype"], r["batch"], r["baseline"] or "-",
               _ratio(r["speedup_vs_baseline"]), _ratio(r["memory_vs_baseline"], "{:.3f}"),
-              _ratio(r["time_vs_floor"])] for r in rat]))
+              _ratio(r["time_vs_floor"]), _ratio(r.get("time_vs_symmetric_floor"))] for r in rat]))
     if data.get("max_batch"):
         out.append(f"\nlargest batch in the budget ({format_bytes(data['settings']['budget_bytes'])}), by doubling")
         rows = []

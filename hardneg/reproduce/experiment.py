@@ -21,6 +21,7 @@ from .encoder import init_params
 from .evaluate import eval_views, evaluate_features, evaluate_params
 from .progress import Progress
 from .recipe import Config, batch_list, steps_per_epoch
+from .stats import summarize  # re-exported: one definition for every task
 
 __all__ = ["BACKENDS", "load_backend", "Results", "run_experiment", "summarize", "METRICS"]
 
@@ -57,18 +58,6 @@ class Results:
     record: Dict[str, Any]
     embeddings: Dict[str, np.ndarray] = field(default_factory=dict)
     labels: Optional[np.ndarray] = None
-
-
-def summarize(values: List[float]) -> Dict[str, Any]:
-    """mean, sample std (ddof=1; 0 for a single value) and n of a list of per-seed values."""
-    a = np.asarray(values, dtype=np.float64)
-    n = int(a.size)
-    return dict(
-        mean=float(a.mean()) if n else float("nan"),
-        std=float(a.std(ddof=1)) if n > 1 else 0.0,
-        n=n,
-        values=[float(x) for x in a],
-    )
 
 
 def _epoch_means(curve: np.ndarray, per_epoch: int) -> List[float]:
