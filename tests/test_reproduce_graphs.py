@@ -24,7 +24,7 @@ import hardneg_torch  # noqa: E402
 from hardneg.reproduce import graphs  # noqa: E402
 from hardneg.reproduce.graphs import data as gdata  # noqa: E402
 from hardneg.reproduce.graphs import experiment as gexp  # noqa: E402
-from hardneg.reproduce.graphs.model import build_model  # noqa: E402
+from hardneg.reproduce.graphs.model_torch import build_model  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

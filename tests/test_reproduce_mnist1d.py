@@ -31,7 +31,7 @@ DOCS_TEST_COUNTS = [212, 212, 211, 200, 193, 197, 185, 196, 203, 191]
 def _torch_trainer():
     pytest.importorskip("torch")
     pytest.importorskip("hardneg_torch")
-    from hardneg.reproduce.mnist1d import train
+    from hardneg.reproduce.mnist1d import train_torch as train
 
     return train
 

@@ -11,7 +11,7 @@ classified by an SVC in 10-fold cross-validation, as the released code evaluates
 Modules
 -------
 data        the graph families, edge noise, the degree-histogram baseline, PyG-style batching (NumPy)
-model       the GIN encoder and InfoGraph's heads (torch)
+model_torch the GIN encoder and InfoGraph's heads (torch)
 evaluate    SVC with an inner grid over C in outer stratified 10-fold CV (scikit-learn)
 experiment  methods, presets, training loop, the JSON record (paired t-intervals vs InfoGraph)
 report      results.md, results.json, graphs_accuracy_vs_beta.png

@@ -201,7 +201,7 @@ def calibrated_random_init(data, seed: int, batch_size: int = 128, dtype=None):
     first epoch), one pass."""
     import torch
 
-    from .model import build_model
+    from .model_torch import build_model
 
     model = build_model(seed, torch.float32 if dtype is None else dtype)
     stream = [_tensors(data, idx) for idx in batch_order(len(data), seed, 1, batch_size)]
@@ -261,7 +261,7 @@ def _run(cfg: Config, progress: bool) -> Dict[str, Any]:
 
     import hardneg
 
-    from .model import build_model
+    from .model_torch import build_model
 
     t_start = time.perf_counter()
     data = data_mod.make_dataset(cfg.per_class, cfg.noise, cfg.data_seed)

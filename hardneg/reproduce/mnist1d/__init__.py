@@ -17,6 +17,6 @@ data        the pinned ``make_dataset`` arguments and the 8000 / 2000 split
 augment     the two random views of a signal (crop-and-resize with shift, amplitude scaling, noise), NumPy
 encoder     the 1-D CNN: NumPy initialisation, NumPy forward (the definition), torch forward
 recipe      methods (incl. the annealed row), presets, the batch stream
-train       the PyTorch training loops (contrastive and supervised)
+train_torch the PyTorch training loops (contrastive and supervised)
 experiment  every method and seed, the reference rows, the JSON record (rendered by ``..report``)
 """

@@ -70,7 +70,7 @@ def load_trainer():
         raise BackendUnavailable(
             f"the mnist1d task needs PyTorch: {exc}. Install it with: pip install 'hardneg[torch,reproduce]'"
         ) from exc
-    from . import train
+    from . import train_torch as train
 
     return train
 
