@@ -5,13 +5,11 @@ Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot, no g
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any, Dict
 
-import numpy as np
-
+from ..report import _figure, write_json  # the digits and mnist1d tasks' JSON and figure helpers
 from ..stats import format_interval
 from .experiment import DEGREE_HISTOGRAM, RANDOM_INIT, RANDOM_INIT_BN
 
@@ -19,39 +17,6 @@ __all__ = ["markdown", "accuracy_figure", "write_json", "write_all", "OUTPUT_FIL
 
 #: The files :func:`write_all` writes into the output directory.
 OUTPUT_FILES = ("results.json", "results.md", "graphs_accuracy_vs_beta.png")
-
-
-def _clean(x: Any) -> Any:
-    """JSON-safe copy: non-finite floats become null, NumPy scalars Python numbers."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        x = float(x)
-        return x if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
-def write_json(record: Dict[str, Any], path: str) -> None:
-    """The record as JSON (NaN / inf written as null, so the file is strict JSON)."""
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(_clean(record), f, indent=1, allow_nan=False)
-        f.write("\n")
-
-
-def _figure(width: float, height: float):
-    """A matplotlib Figure on its own Agg canvas (no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _pct(stat: Dict[str, Any], digits: int = 1) -> str:
