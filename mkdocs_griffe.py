@@ -13,6 +13,9 @@ them:
   that page (the text stays the path, as ``help()`` shows it). The API pages all live in ``docs/api/``, so the
   link is ``../<path below docs/>``; ``mkdocs build --strict`` fails on a path to a page that does not exist.
   Paths inside inline code (````docs/spec.md````) stay code.
+
+Before that, the shared docstring tokens (``{{hcl_loss.math}}``, :mod:`hardneg._docs`) are expanded as
+``fill_doc`` expands them at import.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import re
 
 import griffe
+
+from hardneg._docs import expand
 
 _MATH_ROLE = re.compile(r":math:`([^`]+)`")
 _XREF_ROLE = re.compile(r":(?:py:)?(?:func|class|meth|mod|data|attr|exc|obj):`([^`]+)`")
@@ -103,4 +108,6 @@ class RstDocstrings(griffe.Extension):
 
     def on_instance(self, *, obj: griffe.Object, **kwargs) -> None:
         if obj.docstring is not None:
-            obj.docstring.value = rst_to_markdown(obj.docstring.value)
+            # the shared texts first ({{hcl_loss.math}} etc., hardneg/_docs.py): static analysis never sees
+            # the __doc__ that fill_doc expands at import
+            obj.docstring.value = rst_to_markdown(expand(obj.docstring.value))

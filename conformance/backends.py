@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib
 from typing import Callable, List, Optional, Tuple
 
+from hardneg.backends import FUNCTION_BACKENDS
+
 __all__ = ["BACKENDS", "DEFAULT_MAX_EXAMPLES", "backend_target", "installed_backends"]
 
-#: backend name -> (module providing ``hcl_loss``, framework it is verified in)
-BACKENDS = {"torch": ("hardneg_torch", "torch"), "jax": ("hardneg_jax", "jax"), "tf": ("hardneg_tf", "tensorflow")}
+#: backend name -> (module providing ``hcl_loss``, framework it is verified in), from hardneg's backend table
+BACKENDS = {b.name: (b.package, b.framework) for b in FUNCTION_BACKENDS}
 
 #: Examples per numeric feature when ``max_examples`` is not given (the relation features draw fewer, see
 #: ``_counts``): 12 for every backend. JAX compiles one program per combination of shapes, dtype and

@@ -12,7 +12,7 @@ from .validation import UNKNOWN, Problem, check_call
 
 #: Version of docs/spec.md that this reference implements.
 SPEC_VERSION = "1.1"
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 __all__ = [
     "SPEC_VERSION", "hcl_loss", "hcl_loss_and_grad", "Grads", "check_call", "Problem", "UNKNOWN",

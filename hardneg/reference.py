@@ -12,6 +12,7 @@ from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
+from ._docs import fill_doc
 from .validation import NORM_EPS, Problem, check_call
 
 __all__ = ["hcl_loss", "hcl_loss_and_grad", "Grads", "dtype_name"]
@@ -333,6 +334,7 @@ def _run(z1, z2, negatives, labels, negative_labels, hp, want_grad, cot=None):
     return _evaluate(z1, z2, neg, lab, nlab, problem, hp, want_grad, cot)
 
 
+@fill_doc
 def hcl_loss(
     z1,
     z2,
@@ -352,14 +354,7 @@ def hcl_loss(
 ):
     r"""Hard-negative contrastive loss (Robinson et al., ICLR 2021), reference value in float64.
 
-    For anchors :math:`i` with positive logit :math:`a_i = s_{i,p(i)}` and negatives
-    :math:`j \in N_i` (:math:`M_i = |N_i|`), with :math:`s_{ij} = u_i \cdot u_j / t`:
-
-    .. math::
-
-        R_i = M_i \frac{\sum_j e^{(1+\beta) s_{ij}}}{\sum_j e^{\beta s_{ij}}},\qquad
-        Ng_i = \max\Big(\frac{R_i - \tau^+ M_i e^{a_i}}{1-\tau^+},\; M_i e^{-1/t}\Big),\qquad
-        \ell_i = -\log \frac{e^{a_i}}{e^{a_i} + Ng_i}.
+    {{hcl_loss.math}}
 
     ``estimator="easy"`` uses :math:`Ng_i = \sum_j e^{s_{ij}}` (NT-Xent) and ignores beta, tau_plus, clamp.
     ``beta=0`` gives the debiased loss (Chuang et al., NeurIPS 2020); ``beta=0, tau_plus=0`` gives NT-Xent;
@@ -375,22 +370,22 @@ def hcl_loss(
         t > 0 (a real number; the backends also take a 0-d floating tensor and differentiate with respect to
         it, docs/spec.md §1.1; here d loss / d t is ``hcl_loss_and_grad``'s ``grads.temperature``).
     beta : float, default 1.0
-        Hardness, >= 0; ``math.inf`` allowed.
+        {{hcl_loss.beta}}
     tau_plus : float, default 0.1
-        Class prior for debiasing, 0 <= tau_plus < 1.
+        {{hcl_loss.tau_plus}}
     estimator : {"hard", "easy"}, default "hard"
     clamp : bool, default True
-        Floor Ng at M e^{-1/t} (the released code's "constrain"; hard estimator only).
+        {{hcl_loss.clamp}}
     normalize : bool, default True
-        Use u = z / max(||z||_2, 1e-12); False uses z as given.
+        {{hcl_loss.normalize}}
     negatives : array_like, shape (K, d) or (B, K, d), optional
         Explicit bank (shared, or one per anchor). With the default layout, anchors are then z1's rows,
         positives z2's rows, and in-batch samples are not negatives; with ``layout="cross"`` the bank rows
         are extra candidates after z2's rows.
     labels : array_like of int, shape (B,), optional
-        Samples sharing the anchor's label are removed from its negatives.
+        {{hcl_loss.labels}}
     negative_labels : array_like of int, shape (K,) or (B, K), optional
-        Labels of the bank rows; required with ``labels`` when a bank is given.
+        {{hcl_loss.negative_labels}}
     reduction : {"mean", "sum", "none"}, default "mean"
         "none" returns the per-anchor losses: shape (2B,) in z1-then-z2 order, or (B,) with a bank
         (layout "bank") or with ``layout="cross", symmetric=False``.
@@ -409,8 +404,7 @@ def hcl_loss(
 
     References
     ----------
-    Robinson, Chuang, Sra, Jegelka. Contrastive Learning with Hard Negative Samples. ICLR 2021.
-    Chuang, Robinson, Lin, Torralba, Jegelka. Debiased Contrastive Learning. NeurIPS 2020.
+    {{hcl_loss.references}}
     """
     hp = dict(
         temperature=temperature,

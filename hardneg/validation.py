@@ -28,6 +28,8 @@ __all__ = [
     "check_call",
     "check_hyperparameters",
     "check_temperature_tensor",
+    "check_memory_budget",
+    "check_learned_temperature",
     "CONVENTIONS",
     "JsdProblem",
     "check_jsd_call",
@@ -143,6 +145,39 @@ def check_hyperparameters(
         raise ValueError(f"reduction must be one of 'mean', 'sum', 'none'; got {reduction!r}")
     _check_bool("clamp", clamp)
     _check_bool("normalize", normalize)
+
+
+def check_memory_budget(memory_budget: Any) -> Optional[int]:
+    """Check the backends' ``memory_budget`` keyword: None (the backend's default) or a positive int of bytes.
+
+    Returns it as a Python int (or None). The backends' extra keyword, checked here so that every backend and
+    both ``HCLLoss`` classes raise the same message.
+    """
+    if memory_budget is None:
+        return None
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Integral):
+        raise TypeError(f"memory_budget must be None or a positive int (bytes); got {memory_budget!r} of type "
+                        f"{type(memory_budget).__name__}")
+    if memory_budget < 1:
+        raise ValueError(f"memory_budget must be None or a positive int (bytes); got {memory_budget!r}")
+    return int(memory_budget)
+
+
+def check_learned_temperature(learn_temperature: Any, min_temperature: Any) -> None:
+    """Check the loss classes' ``learn_temperature`` (a bool) and ``min_temperature`` (None, or a temperature —
+    finite and > 0 — that only a learned temperature can use)."""
+    _check_bool("learn_temperature", learn_temperature)
+    if min_temperature is None:
+        return
+    if not _is_real(min_temperature):
+        raise TypeError(f"min_temperature must be None or a real number; got {min_temperature!r} of type "
+                        f"{type(min_temperature).__name__}")
+    m = float(min_temperature)
+    if not (math.isfinite(m) and m > 0.0 and math.isfinite(1.0 / m)):
+        raise ValueError(f"min_temperature must be None or finite and > 0; got {min_temperature!r}")
+    if not learn_temperature:
+        raise ValueError(f"min_temperature needs learn_temperature=True (a fixed temperature has no minimum to "
+                         f"enforce); got min_temperature={min_temperature!r}")
 
 
 def check_temperature_tensor(shape: Sequence[Optional[int]], dtype: Optional[str]) -> None:

@@ -190,6 +190,11 @@ def run_pass(
     """
     base = _zero_like_all(x.U, x.U2, x.V, x.anchors, x.lab, x.nlab, t, beta, tau, c).astype(x.U.dtype)
     zeros = lambda shape: jnp.zeros(shape, x.U.dtype) + base  # noqa: E731
+    if st.tiles and not needs.beta:
+        # the tiled kernels (chosen statically by hardneg_jax.symmetric.plan)
+        from . import symmetric
+
+        return (symmetric.cross if st.cross else symmetric.in_batch)(st, x, t, beta, tau, c, needs, zeros)
     if st.cross:
         return _cross(st, x, t, beta, tau, c, needs, zeros)
     if st.bank == "none":

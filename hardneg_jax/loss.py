@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hardneg.validation import UNKNOWN, check_call, check_temperature_tensor
+from hardneg._docs import fill_doc
+from hardneg.validation import UNKNOWN, check_call, check_memory_budget, check_temperature_tensor
 
 from . import collectives
-from .blocks import DEFAULT_CROSS_BUDGET, device_default_budget, rows_per_block
+from . import symmetric as tiled
+from .blocks import DEFAULT_CROSS_BUDGET, DEFAULT_MEMORY_BUDGET, device_default_budget, rows_per_block
 from .rows import Statics
 from .vjp import compute_dtype, hcl_core
 
@@ -85,15 +86,15 @@ def _labels_for_jax(labels, negative_labels):
     return jnp.asarray(labels), None if negative_labels is None else jnp.asarray(negative_labels)
 
 
-def _check_budget(memory_budget) -> None:
-    if memory_budget is None:
-        return
-    if not isinstance(memory_budget, numbers.Integral) or isinstance(memory_budget, bool):
-        raise TypeError(f"memory_budget must be None or an int (bytes); got {memory_budget!r}")
-    if memory_budget <= 0:
-        raise ValueError(f"memory_budget must be > 0 bytes; got {memory_budget!r}")
+def _platform(x) -> str:
+    """Platform ("cpu", "gpu", "tpu") where ``x`` is computed; a tracer has no device: JAX's default backend."""
+    try:
+        return next(iter(x.devices())).platform
+    except Exception:  # a tracer
+        return jax.devices()[0].platform
 
 
+@fill_doc
 def hcl_loss(
     z1,
     z2,
@@ -115,21 +116,17 @@ def hcl_loss(
 ):
     r"""Hard-negative contrastive loss (Robinson et al., ICLR 2021) in JAX; spec 1.1, blockwise, custom VJP.
 
-    For anchors :math:`i` with positive logit :math:`a_i = s_{i,p(i)}` and negatives :math:`j \in N_i`
-    (:math:`M_i = |N_i|`), with :math:`s_{ij} = u_i \cdot u_j / t`:
-
-    .. math::
-
-        R_i = M_i \frac{\sum_j e^{(1+\beta) s_{ij}}}{\sum_j e^{\beta s_{ij}}},\qquad
-        Ng_i = \max\Big(\frac{R_i - \tau^+ M_i e^{a_i}}{1-\tau^+},\; M_i e^{-1/t}\Big),\qquad
-        \ell_i = -\log \frac{e^{a_i}}{e^{a_i} + Ng_i}.
+    {{hcl_loss.math}}
 
     ``estimator="easy"`` uses :math:`Ng_i = \sum_j e^{s_{ij}}` (NT-Xent); ``beta=0`` is the debiased loss
     (Chuang et al., NeurIPS 2020); ``beta=math.inf`` the worst-case limit. docs/spec.md is the full contract.
 
     A pure function: works under ``jax.jit``, ``jax.grad``/``jax.value_and_grad`` (reverse mode; forward mode
     is not defined for a custom VJP), ``jax.vmap`` (a leading axis of independent problems) and inside
-    ``lax.scan``. The anchors are walked in row blocks (``lax.scan``); no (2B x 2B) array is live.
+    ``lax.scan``. The anchors are walked in row blocks (``lax.scan``); no (2B x 2B) array is live. On the CPU
+    the in-batch layout and the symmetric cross layout without a bank use tiles instead (two passes over half
+    the tiles; one tile for both directions): :mod:`hardneg_jax.symmetric`, chosen automatically, forced by
+    ``HARDNEG_JAX_SYMMETRIC=1`` (``0``: row blocks), read when the call is traced.
 
     Parameters
     ----------
@@ -142,23 +139,24 @@ def hcl_loss(
         with respect to it returns the closed form d loss / d t (spec section 8), under jit and vmap, in every
         layout; it is computed only when differentiated.
     beta : float or traced scalar, default 1.0
-        Hardness, >= 0; ``math.inf`` allowed (also as a traced value). Its gradient is computed when
-        differentiated (0 at beta = inf).
+        {{hcl_loss.beta}}
+        Also as a traced value; its gradient is computed when differentiated (0 at beta = inf).
     tau_plus : float or traced scalar, default 0.1
-        Class prior, 0 <= tau_plus < 1. Its gradient is computed when differentiated.
+        {{hcl_loss.tau_plus}}
+        Its gradient is computed when differentiated.
     estimator : {"hard", "easy"}, default "hard" (static)
     clamp : bool, default True (static)
-        Floor Ng at M e^{-1/t} (hard estimator only).
+        {{hcl_loss.clamp}}
     normalize : bool, default True (static)
-        Use u = z / max(||z||_2, 1e-12); False uses z as given.
+        {{hcl_loss.normalize}}
     negatives : jax.Array, shape (K, d) or (B, K, d), optional
         Explicit bank, shared or one per anchor. Layout "bank": anchors are z1's rows and in-batch samples are
         not negatives. Layout "cross": the bank rows follow z2's rows among z1's anchors' candidates. Never
         gathered under ``axis_name``.
     labels : integer array, shape (B,), optional
-        Samples sharing the anchor's label are removed from its negatives.
+        {{hcl_loss.labels}}
     negative_labels : integer array, shape (K,) or (B, K), optional
-        Labels of the bank rows; required with ``labels`` when a bank is given.
+        {{hcl_loss.negative_labels}}
     reduction : {"mean", "sum", "none"}, default "mean" (static)
         "none" returns per-anchor losses: (2B,) in-batch or cross symmetric (z1's anchors then z2's), (B,)
         with layout "bank" or cross one-way.
@@ -176,6 +174,7 @@ def hcl_loss(
         problem. In the cross layout it applies to each direction's blocks (default 8 MiB, with the same floor).
         These are the CPU defaults; on a GPU or TPU the default is min(2 GiB, device memory / 16) for every
         layout (:mod:`hardneg.budget`), so that a large batch is not thousands of blocks of kernel launches.
+        The tiled kernels fit three (T x T) tiles in it (T at most 1024).
     axis_name : hashable, optional (static)
         Inside ``shard_map``/``pmap``/``vmap`` over this axis: every device's z1, z2 (and labels) are
         gathered as candidates (in-batch and cross layouts); the loss is over the local anchors. Averaging
@@ -198,8 +197,7 @@ def hcl_loss(
 
     References
     ----------
-    Robinson, Chuang, Sra, Jegelka. Contrastive Learning with Hard Negative Samples. ICLR 2021.
-    Chuang, Robinson, Lin, Torralba, Jegelka. Debiased Contrastive Learning. NeurIPS 2020.
+    {{hcl_loss.references}}
     """
     t_chk, t_tensor = _temperature(temperature)
     b_chk, b_val = _hyper("beta", beta)
@@ -242,7 +240,7 @@ def hcl_loss(
         problem = dataclasses.replace(problem, batch=1, n_anchors=problem.n_anchors // world)
     else:
         problem = check_call(**call)
-    _check_budget(memory_budget)
+    check_memory_budget(memory_budget)
 
     z1, z2 = jnp.asarray(z1), jnp.asarray(z2)
     if memory_budget is None:  # per-device default (hardneg.budget): None on CPU, larger blocks on accelerators
@@ -289,6 +287,11 @@ def hcl_loss(
     else:
         K = problem.bank_size
         block = rows_per_block(B, K, itemsize, memory_budget, per_row_extra=3 * K * d * itemsize)
+    # the tiled kernels (two-pass symmetric in-batch, shared tiles for the symmetric cross layout) or row blocks
+    tiling = tiled.plan(cross=cross, symmetric=bool(symmetric), bank=problem.bank, distributed=distributed,
+                        beta_mode=beta_mode, beta=b_val, temperature=None if t_tensor else float(t_chk),
+                        normalize=bool(normalize), batch=B, itemsize=itemsize, budget=memory_budget,
+                        default_budget=DEFAULT_MEMORY_BUDGET, dim=d, platform=_platform(z1))
     st = Statics(
         bank=problem.bank,
         estimator=estimator,
@@ -304,5 +307,6 @@ def hcl_loss(
         symmetric=bool(symmetric),
         block_rev=block_rev,
         check_t=t_tensor,
+        **tiling,
     )
     return _core(st, z1, z2, neg, lab, nlab, t, b, tp, row0)

@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Statics", "Needs", "RowOut", "block_rows", "log1mexp"]
+__all__ = ["Statics", "Needs", "RowOut", "Terms", "anchor_terms", "tau_sum", "block_rows", "log1mexp"]
 
 
 class Statics(NamedTuple):
@@ -53,6 +53,14 @@ class Statics(NamedTuple):
         Cross layout: anchor rows per block of the reverse direction.
     check_t : bool
         The temperature is a tensor whose value was not checked: t <= 0 or non-finite makes everything NaN.
+    tiles : int
+        0: the row-block kernels. > 0: the tiled kernels of :mod:`hardneg_jax.symmetric` with tiles of this
+        many rows (two-pass symmetric in-batch; shared tiles for the symmetric cross layout).
+    tile_beta_one : bool
+        Tiled kernels: beta is exactly 1, so e^{2(s-c)} is the square of e^{s-c} (one exponential per element).
+    tile_fallback : bool
+        Tiled kernels: the fixed shift may underflow, so rows whose sums fall below the underflow threshold
+        are recomputed by the row-block kernel (:mod:`hardneg_jax.symmetric`).
     """
 
     bank: str
@@ -69,6 +77,9 @@ class Statics(NamedTuple):
     symmetric: bool = True
     block_rev: int = 0
     check_t: bool = False
+    tiles: int = 0
+    tile_beta_one: bool = False
+    tile_fallback: bool = False
 
 
 class Needs(NamedTuple):
@@ -111,6 +122,58 @@ def log1mexp(x: jax.Array) -> jax.Array:
 
 def _softplus(x: jax.Array) -> jax.Array:
     return jnp.logaddexp(jnp.zeros_like(x), x)
+
+
+class Terms(NamedTuple):
+    """Per-anchor results of spec sections 4-5 from log R (see :func:`anchor_terms`).
+
+    delta : loss before masking anchors without negatives; rho : R / ((1 - tau+) D) (0 on the floor);
+    da : dloss/da; floor : bool, on the clamp floor (all False without clamp); log1m_tau : log(1 - tau+).
+    """
+
+    delta: jax.Array
+    rho: jax.Array
+    da: jax.Array
+    floor: jax.Array
+    log1m_tau: jax.Array
+
+
+def anchor_terms(lr, logM, a, t, tau, clamp: bool) -> Terms:
+    """Loss, rho and dloss/da of anchors from ``lr = log R_i``, ``logM = log M_i`` and the positive logits ``a``
+    (all (R,)); the part of :func:`block_rows` after the sums, shared with the tiled kernels
+    (:mod:`hardneg_jax.symmetric`), which obtain log R from sums accumulated over tiles."""
+    cd = lr.dtype
+    ninf = jnp.asarray(-jnp.inf, cd)
+    log1m_tau = jnp.log1p(-tau)
+    x = jnp.log(tau) + logM + a - lr  # log(tau+ M e^a / R); -inf when tau+ = 0
+    ng_pos = x < 0.0
+    gu = jnp.where(ng_pos, lr + log1mexp(jnp.minimum(x, 0.0)) - log1m_tau, ninf)  # log unclamped Ng
+    if clamp:
+        lf = logM - 1.0 / t  # log of the floor M e^{-1/t}
+        floor = gu < lf  # the tie takes the unclamped branch
+        delta = _softplus(jnp.where(floor, lf, gu) - a)
+        rho = jnp.where(floor, 0.0, jnp.exp(lr - log1m_tau - a - delta))
+        da = jnp.where(floor, -jnp.exp(lf - a - delta), -rho)
+    else:
+        # Ng_u <= 0 is possible: D = e^a - N'/(1 - tau+), N' = tau+ M e^a - R >= 0; NaN when D <= 0.
+        logNp = jnp.log(tau) + logM + a + log1mexp(-jnp.maximum(x, 0.0))
+        y = logNp - log1m_tau - a
+        delta_neg = jnp.where(y < 0.0, log1mexp(jnp.minimum(y, 0.0)), jnp.nan)
+        delta = jnp.where(ng_pos, _softplus(gu - a), delta_neg)
+        rho = jnp.exp(lr - log1m_tau - a - delta)
+        da = -rho
+    floor = floor if clamp else jnp.zeros(lr.shape, bool)
+    return Terms(delta, rho, da, floor, log1m_tau)
+
+
+def tau_sum(c, rho, tm: Terms, has, logM, tau, clamp: bool):
+    """Sum over anchors of c_i dloss_i/dtau+ (spec section 8): (R - M e^a)/(1 - tau+)^2 / D off the floor, with
+    ``rho`` already 0 for anchors without negatives."""
+    # Ng_u = (R - tau+ M e^a)/(1 - tau+): dNg_u/dtau+ = (R - M e^a)/(1 - tau+)^2; dloss/dNg = 1/D
+    # off the floor; rho = R/((1 - tau+) D).
+    on = has if not clamp else has & ~tm.floor
+    term = rho / (1.0 - tau) - jnp.exp(logM - 2.0 * tm.log1m_tau - tm.delta)
+    return jnp.sum(c * jnp.where(on, term, 0.0))
 
 
 def block_rows(
@@ -178,24 +241,8 @@ def block_rows(
     else:
         lr = lr_fin if fin else lr_inf
 
-    log1m_tau = jnp.log1p(-tau)
-    x = jnp.log(tau) + logM + a - lr  # log(tau+ M e^a / R); -inf when tau+ = 0
-    ng_pos = x < 0.0
-    gu = jnp.where(ng_pos, lr + log1mexp(jnp.minimum(x, 0.0)) - log1m_tau, ninf)  # log unclamped Ng
-    if clamp:
-        lf = logM - 1.0 / t  # log of the floor M e^{-1/t}
-        floor = gu < lf  # the tie takes the unclamped branch
-        delta = _softplus(jnp.where(floor, lf, gu) - a)
-        rho = jnp.where(floor, 0.0, jnp.exp(lr - log1m_tau - a - delta))
-        da = jnp.where(floor, -jnp.exp(lf - a - delta), -rho)
-    else:
-        # Ng_u <= 0 is possible: D = e^a - N'/(1 - tau+), N' = tau+ M e^a - R >= 0; NaN when D <= 0.
-        logNp = jnp.log(tau) + logM + a + log1mexp(-jnp.maximum(x, 0.0))
-        y = logNp - log1m_tau - a
-        delta_neg = jnp.where(y < 0.0, log1mexp(jnp.minimum(y, 0.0)), jnp.nan)
-        delta = jnp.where(ng_pos, _softplus(gu - a), delta_neg)
-        rho = jnp.exp(lr - log1m_tau - a - delta)
-        da = -rho
+    tm = anchor_terms(lr, logM, a, t, tau, clamp)
+    delta, rho, da, floor = tm.delta, tm.rho, tm.da, tm.floor
     loss = jnp.where(has, delta, 0.0)
     if c is None:
         return RowOut(loss)
@@ -236,9 +283,5 @@ def block_rows(
         if easy:
             g_tau = jnp.zeros((), cd)
         else:
-            # Ng_u = (R - tau+ M e^a)/(1 - tau+): dNg_u/dtau+ = (R - M e^a)/(1 - tau+)^2; dloss/dNg = 1/D
-            # off the floor; rho = R/((1 - tau+) D).
-            on = has if not clamp else has & ~floor
-            term = rho / (1.0 - tau) - jnp.exp(logM - 2.0 * log1m_tau - delta)
-            g_tau = jnp.sum(c * jnp.where(on, term, 0.0))
+            g_tau = tau_sum(c, rho, tm, has, logM, tau, clamp)
     return RowOut(loss, dS, da, g_t, g_beta, g_tau)

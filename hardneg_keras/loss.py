@@ -23,12 +23,12 @@ from __future__ import annotations
 import functools
 import importlib
 import math
-import numbers
 
 import keras
 from keras import ops
 
-from hardneg.validation import check_call, check_hyperparameters
+from hardneg.loss_settings import HCLLossSettings
+from hardneg.validation import _check_bool, check_hyperparameters, check_learned_temperature
 
 __all__ = ["HCLLoss", "LearnableTemperature", "split_views", "backend_hcl_loss", "BACKEND_PACKAGES"]
 
@@ -82,12 +82,6 @@ def _share_key(layer_name: str):
     return ("hardneg>LearnableTemperature", layer_name)
 
 
-def _check_min_temperature(value):
-    # the same rules (and messages) as a temperature: a real number, finite and > 0
-    check_hyperparameters(temperature=value, beta=1.0, tau_plus=0.1, estimator="hard", clamp=True,
-                          normalize=True, reduction="mean")
-
-
 @keras.saving.register_keras_serializable(package="hardneg")
 class LearnableTemperature(keras.layers.Layer):
     """A pass-through layer that owns a learnable temperature, kept as a log-parameter like CLIP's logit scale.
@@ -112,9 +106,9 @@ class LearnableTemperature(keras.layers.Layer):
 
     def __init__(self, temperature: float = 0.5, min_temperature=None, **kwargs):
         super().__init__(**kwargs)
-        _check_min_temperature(temperature)
-        if min_temperature is not None:
-            _check_min_temperature(min_temperature)
+        check_hyperparameters(temperature=temperature, beta=1.0, tau_plus=0.1, estimator="hard", clamp=True,
+                              normalize=True, reduction="mean")
+        check_learned_temperature(True, min_temperature)
         self.initial_temperature = float(temperature)
         self.min_temperature = None if min_temperature is None else float(min_temperature)
         self.logit_scale = self.add_weight(
@@ -174,7 +168,7 @@ def split_views(y_pred):
 
 
 @keras.saving.register_keras_serializable(package="hardneg")
-class HCLLoss(keras.losses.Loss):
+class HCLLoss(HCLLossSettings, keras.losses.Loss):
     """Hard-negative contrastive loss (Robinson et al., ICLR 2021) as a ``keras.losses.Loss``, any Keras backend.
 
     Under ``KERAS_BACKEND=jax`` the value is :func:`hardneg_jax.hcl_loss` (traced inside Keras' jitted train
@@ -279,45 +273,18 @@ class HCLLoss(keras.losses.Loss):
         name: str = "hcl_loss",
         dtype=None,
     ):
-        # the shared validation, shapes unknown: hyper-parameters, layout and symmetric ("bank" promises a bank)
-        check_call(z1_shape=(None, None), z2_shape=(None, None), z1_dtype=None, z2_dtype=None,
-                   temperature=temperature, beta=beta, tau_plus=tau_plus, estimator=estimator, clamp=clamp,
-                   normalize=normalize, reduction=reduction, layout=layout, symmetric=symmetric,
-                   negatives_shape=(None, None) if layout == "bank" else None)
-        for flag, value in (("learn_temperature", learn_temperature), ("gather", gather), ("use_labels", use_labels)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{flag} must be a bool (True or False); got {value!r}")
-        if min_temperature is not None and not learn_temperature:
-            raise ValueError("min_temperature is only meaningful with learn_temperature=True")
-        if memory_budget is not None and (
-            isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Integral) or memory_budget < 1
-        ):
-            raise ValueError(f"memory_budget must be None or a positive integer number of bytes; got {memory_budget!r}")
+        # the shared validation and attributes (hardneg.loss_settings), as hardneg_torch.HCLLoss
+        self._hold_settings(temperature=temperature, beta=beta, tau_plus=tau_plus, estimator=estimator, clamp=clamp,
+                            normalize=normalize, reduction=reduction, layout=layout, symmetric=symmetric,
+                            memory_budget=memory_budget, gather=gather, learn_temperature=learn_temperature,
+                            min_temperature=min_temperature)
+        _check_bool("use_labels", use_labels)
+        self.use_labels = use_labels
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.temperature, self.beta, self.tau_plus = temperature, beta, tau_plus
-        self.estimator, self.clamp, self.normalize = estimator, clamp, normalize
-        self.layout, self.symmetric = layout, symmetric
-        self.learn_temperature, self.min_temperature = learn_temperature, min_temperature
-        self.memory_budget, self.gather, self.use_labels = memory_budget, gather, use_labels
         #: The :class:`LearnableTemperature` holding the learned temperature (None unless learn_temperature).
         self.temperature_layer = (
             LearnableTemperature(temperature, min_temperature, name=f"{name}_temperature")
             if learn_temperature else None
-        )
-
-    def _kwargs(self):
-        return dict(
-            temperature=self.temperature,
-            beta=self.beta,
-            tau_plus=self.tau_plus,
-            estimator=self.estimator,
-            clamp=self.clamp,
-            normalize=self.normalize,
-            reduction=self.reduction,
-            layout=self.layout,
-            symmetric=self.symmetric,
-            memory_budget=self.memory_budget,
-            gather=self.gather,
         )
 
     def _int(self, x):
@@ -346,7 +313,7 @@ class HCLLoss(keras.losses.Loss):
                 negatives = ops.cast(negatives, self.dtype)
             if negative_labels is not None:
                 negative_labels = self._int(negative_labels)
-            kwargs = self._kwargs()
+            kwargs = self.call_kwargs()
             if self.gather:
                 if backend == "jax":
                     raise ValueError(
@@ -380,7 +347,7 @@ class HCLLoss(keras.losses.Loss):
 
     def get_config(self):
         return dict(name=self.name, dtype=self.dtype, use_labels=self.use_labels,
-                    learn_temperature=self.learn_temperature, min_temperature=self.min_temperature, **self._kwargs())
+                    learn_temperature=self.learn_temperature, min_temperature=self.min_temperature, **self.call_kwargs())
 
     @classmethod
     def from_config(cls, config):

@@ -493,6 +493,15 @@ def _row_spec(plan, dt, *tail):
     return dt, tf.TensorShape([bs, *tail])
 
 
+def _two_pass(layout, cfg: Config, budget, anchors):
+    """The two-pass module when it serves this call (:mod:`hardneg_tf.symmetric`), else None."""
+    from . import symmetric
+
+    if isinstance(layout, symmetric.CrossPair) or symmetric.choose_in_batch(layout, cfg, budget, anchors):
+        return symmetric
+    return None
+
+
 def forward(layout: _Layout, cfg: Config, budget: int, anchors=None):
     """Per-anchor losses, and the saved per-anchor quantities for :func:`backward`.
 
@@ -500,6 +509,9 @@ def forward(layout: _Layout, cfg: Config, budget: int, anchors=None):
     -------
     loss : (A,); saved : dict of (A,) tensors: m, sums (tuple), rho, da.
     """
+    kernel = _two_pass(layout, cfg, budget, anchors)
+    if kernel is not None:
+        return kernel.forward(layout, cfg, budget)
     dt = layout.dtype
     plan = _Plan(layout, dt.size, budget, anchors)
     n_sums = 1 if cfg.kind in ("inf", "zero") else 2
@@ -522,6 +534,10 @@ def forward(layout: _Layout, cfg: Config, budget: int, anchors=None):
 
 def backward(layout: _Layout, cfg: Config, budget: int, saved: dict, cot, anchors=None):
     """Gradients with respect to the layout's rows for per-anchor cotangent ``cot`` (A,)."""
+    if "flag" in saved:  # saved by the two-pass forward (hardneg_tf.symmetric): its pass 2
+        from . import symmetric
+
+        return symmetric.backward(layout, cfg, budget, saved, cot)
     dt = layout.dtype
     plan = _Plan(layout, dt.size, budget, anchors)
     pad = lambda x: tf.concat([x, tf.ones([plan.bs * plan.nb - plan.A], x.dtype)], 0)  # noqa: E731
@@ -547,6 +563,9 @@ def backward(layout: _Layout, cfg: Config, budget: int, saved: dict, cot, anchor
 
 def fused(layout: _Layout, cfg: Config, budget: int, anchors=None):
     """Per-anchor losses and the gradients of their plain sum, in one sweep over the blocks."""
+    kernel = _two_pass(layout, cfg, budget, anchors)
+    if kernel is not None:
+        return kernel.fused(layout, cfg, budget)
     dt = layout.dtype
     plan = _Plan(layout, dt.size, budget, anchors)
 

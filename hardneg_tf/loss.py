@@ -8,14 +8,14 @@ backward walk row blocks (:mod:`hardneg_tf.blocks`) so no (A x C) similarity mat
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple, Optional
 
 import tensorflow as tf
 
-from hardneg.validation import UNKNOWN, check_call, check_temperature_tensor
+from hardneg._docs import fill_doc
+from hardneg.validation import UNKNOWN, check_call, check_memory_budget, check_temperature_tensor
 
-from . import blocks
+from . import blocks, symmetric
 from .numerics import make_config, normalize, normalize_backward
 
 __all__ = ["hcl_loss", "DEFAULT_MEMORY_BUDGET"]
@@ -49,14 +49,6 @@ def _static_hparam(name: str, value):
     return value
 
 
-def _check_budget(memory_budget):
-    if memory_budget is None:
-        return None  # blocks' default plan
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, numbers.Integral) or memory_budget < 1:
-        raise ValueError(f"memory_budget must be None or a positive integer number of bytes; got {memory_budget!r}")
-    return int(memory_budget)
-
-
 def _as_tensor(x, name):
     if x is None:
         return None
@@ -69,6 +61,7 @@ def _as_tensor(x, name):
 
 
 @tf.autograph.experimental.do_not_convert
+@fill_doc
 def hcl_loss(
     z1,
     z2,
@@ -90,16 +83,9 @@ def hcl_loss(
 ):
     r"""Hard-negative contrastive loss (Robinson et al., ICLR 2021) in TensorFlow, blockwise.
 
-    For anchors :math:`i` with positive logit :math:`a_i` and negatives :math:`j \in N_i`
-    (:math:`M_i = |N_i|`), :math:`s_{ij} = u_i \cdot u_j / t`:
+    {{hcl_loss.math}}
 
-    .. math::
-
-        R_i = M_i \frac{\sum_j e^{(1+\beta) s_{ij}}}{\sum_j e^{\beta s_{ij}}},\qquad
-        Ng_i = \max\Big(\frac{R_i - \tau^+ M_i e^{a_i}}{1-\tau^+},\; M_i e^{-1/t}\Big),\qquad
-        \ell_i = \log\big(e^{a_i} + Ng_i\big) - a_i,
-
-    evaluated in log space (docs/spec.md §5). ``beta=0`` is the debiased loss (Chuang et al., NeurIPS
+    Evaluated in log space (docs/spec.md §5). ``beta=0`` is the debiased loss (Chuang et al., NeurIPS
     2020); ``beta=0, tau_plus=0`` (or ``estimator="easy"``) is NT-Xent; ``beta=math.inf`` the worst case.
     At ``estimator="easy"``, ``layout="cross"`` is CLIP's loss (``symmetric=True``) and sentence-transformers'
     MultipleNegativesRankingLoss with scale 1/t (``symmetric=False``, hard negatives as a shared bank).
@@ -112,22 +98,22 @@ def hcl_loss(
         t > 0. A tensor is differentiable: ``tape.gradient`` gives d loss / d t (eager, tf.function, XLA,
         every layout). Its value is not checked: <= 0 or not finite makes the loss and every gradient NaN.
     beta : float, default 1.0
-        Hardness, >= 0; ``math.inf`` allowed.
+        {{hcl_loss.beta}}
     tau_plus : float, default 0.1
-        Class prior for debiasing, 0 <= tau_plus < 1.
+        {{hcl_loss.tau_plus}}
     estimator : {"hard", "easy"}, default "hard"
     clamp : bool, default True
-        Floor Ng at M e^{-1/t} (the released code's "constrain"; hard estimator only).
+        {{hcl_loss.clamp}}
     normalize : bool, default True
-        Use u = z / max(||z||_2, 1e-12); False uses z as given.
+        {{hcl_loss.normalize}}
     negatives : tf.Tensor, shape (K, d) or (B, K, d), optional
         An explicit bank (shared, or one per anchor). With the default layout, anchors are z1's rows, positives
         z2's rows, and in-batch samples are not negatives; with ``layout="cross"`` the bank rows are extra
         candidates after z2's rows.
     labels : integer tf.Tensor, shape (B,), optional
-        Samples sharing the anchor's label are removed from its negatives.
+        {{hcl_loss.labels}}
     negative_labels : integer tf.Tensor, shape (K,) or (B, K), optional
-        Labels of the bank rows; required with ``labels`` when a bank is given.
+        {{hcl_loss.negative_labels}}
     reduction : {"mean", "sum", "none"}, default "mean"
         "none" returns the per-anchor losses, shape (2B,) (z1 rows then z2 rows), or (B,) with a bank
         (layout "bank") or with ``layout="cross", symmetric=False``.
@@ -144,7 +130,9 @@ def hcl_loss(
         256 anchor rows' worth when the rows are wider (2B > 10922 in float32); in the cross layout 16 MiB
         per direction, at least 128 rows. These are the CPU defaults; on a GPU or TPU the default is 1 GiB
         for every layout (:mod:`hardneg.budget`; TensorFlow does not report the card's memory, so the
-        rule's fallback applies). Results do not depend on it beyond rounding.
+        rule's fallback applies). The two-pass kernels (large in-batch and symmetric cross calls, see
+        :mod:`hardneg_tf.symmetric`) hold four (T x T) tiles instead, T <= 1024 rows. Results do not depend on
+        it beyond rounding.
     gather : bool, default False
         Inside ``strategy.run`` of a ``tf.distribute`` strategy: use every replica's samples as negatives
         (through the replica context's differentiable ``all_gather``). Each replica's value covers its local
@@ -169,8 +157,7 @@ def hcl_loss(
 
     References
     ----------
-    Robinson, Chuang, Sra, Jegelka. Contrastive Learning with Hard Negative Samples. ICLR 2021.
-    Chuang, Robinson, Lin, Torralba, Jegelka. Debiased Contrastive Learning. NeurIPS 2020.
+    {{hcl_loss.references}}
     """
     t_tensor = _temperature_tensor(temperature)
     hp = dict(
@@ -207,7 +194,7 @@ def hcl_loss(
         symmetric=symmetric,
         **hp,
     )
-    budget = _check_budget(memory_budget)
+    budget = check_memory_budget(memory_budget)  # None: blocks' default plan
     if budget is None:  # per-device default (hardneg.budget): None on CPU, larger blocks on a GPU/TPU
         budget = blocks.device_default_budget(z1)
     if not isinstance(gather, bool):
@@ -255,14 +242,20 @@ def _temperature_tensor(temperature):
     return None
 
 
-def _parts(setup: Setup, us, labels, negative_labels, cfg, gathered):
+def _parts(setup: Setup, us, labels, negative_labels, cfg, gathered, budget=None, normalized=False):
     """The layouts (directions) of one call and, per layout, where its gradients go: a list of
     (layout, targets) with ``targets`` the input index of each array :meth:`finish` returns ("split" for the
-    in-batch layout's (2n, d) gradient of [u1; u2])."""
+    in-batch layout's (2n, d) gradient of [u1; u2]). The symmetric cross layout without a bank may be one
+    :class:`~hardneg_tf.symmetric.CrossPair` (both directions on shared tiles) instead of two parts."""
     anchors = None if gathered is None else gathered.anchors
     if setup.layout == "in_batch":
         lab = None if labels is None else tf.concat([labels, labels], 0)
-        return [(blocks.InBatch(tf.concat(us[:2], 0), cfg, anchors=anchors, labels=lab), "split")]
+        layout = blocks.InBatch(tf.concat(us[:2], 0), cfg, anchors=anchors, labels=lab)
+        layout.normalized = normalized  # the two-pass kernel's automatic choice (hardneg_tf.symmetric)
+        return [(layout, "split")]
+    if (setup.layout == "cross" and setup.symmetric and len(us) == 2 and gathered is None
+            and symmetric.choose_cross(us[0], cfg, budget, normalized)):
+        return [(symmetric.CrossPair(us[0], us[1], cfg, labels=labels, normalized=normalized), (0, 1))]
     if setup.layout == "bank":
         cls = blocks.SharedBank if setup.bank == "shared" else blocks.PerAnchorBank
         return [(cls(*us, cfg, labels=labels, negative_labels=negative_labels), (0, 1, 2))]
@@ -332,7 +325,7 @@ def _loss(
             us = [u for u, _ in normed]
         else:
             us = zs
-        parts = _parts(setup, us, labels_c, nlabels_c, cfg_, gathered)
+        parts = _parts(setup, us, labels_c, nlabels_c, cfg_, gathered, budget, do_norm)
         counts = [p.n_anchors for p, _ in parts]
         if gathered is not None:
             scale = gathered.scale(reduction, compute)  # value scale per anchor

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import torch
 
-from hardneg.validation import Problem, check_call
+from hardneg.validation import Problem, check_call, check_memory_budget
 
 __all__ = ["dtype_name", "validate"]
 
@@ -24,16 +24,6 @@ def _shape(x: Optional[torch.Tensor]):
 def _require_tensor(name: str, x: Any) -> None:
     if x is not None and not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__} (convert it with torch.as_tensor)")
-
-
-def check_memory_budget(memory_budget: Any) -> None:
-    if memory_budget is None:
-        return
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int):
-        raise TypeError(f"memory_budget must be None or an int (bytes); got {memory_budget!r} of type "
-                        f"{type(memory_budget).__name__}")
-    if memory_budget < 1:
-        raise ValueError(f"memory_budget must be a positive number of bytes; got {memory_budget!r}")
 
 
 def validate(z1, z2, negatives, labels, negative_labels, hp: dict, memory_budget, *,

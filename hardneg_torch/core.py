@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import blocks, symmetric
+from . import blocks, cross_tiles, symmetric
 from .normalize import normalize_backward, normalize_rows
 from .rows import Hyper
 
@@ -121,9 +121,12 @@ def evaluate(z1, z2, negatives, labels, negative_labels, temperature, call: Call
         lab = None if labels is None else torch.cat([labels, labels])
         n_anchor_rows = sum(stop - start for start, stop in call.anchors)
         rows = blocks.block_rows(call.memory_budget, max(n_anchor_rows, 1), 2 * N, itemsize, hp, labelled)
-        tile = symmetric.tile_rows(call.memory_budget, itemsize, labelled)
-        if symmetric.choose(hp, t, call.anchors, 2 * N, call.normalize, tile, U.device.type):  # spec section 8
-            loss, gU, floor = symmetric.in_batch(U, lab, hp, coef, tile, t, rows)
+        workers = symmetric.worker_count(U.device.type)
+        tile = symmetric.tile_rows(call.memory_budget, itemsize, labelled, workers)
+        if symmetric.choose(hp, t, call.anchors, 2 * N, call.normalize, tile, U.device.type, workers):  # spec §8
+            # (a tensor temperature's value as a float: choose has checked it; d loss / d t from dots and floor)
+            loss, gU, floor = symmetric.in_batch(U, lab, hp, coef, tile, symmetric.host_temperature(t), rows,
+                                                 want_floor=want_floor)
         else:
             loss, gU, floor = blocks.in_batch(U, lab, call.anchors, hp, coef, rows, t, want_floor)
         if gU is not None:
@@ -141,33 +144,47 @@ def evaluate(z1, z2, negatives, labels, negative_labels, temperature, call: Call
         lab_a = None if labels is None else labels[lo:hi]
         c_fwd, c_rev = _split(coef, hi - lo)
         rows = blocks.block_rows(call.memory_budget, max(hi - lo, 1), N + K, itemsize, hp, labelled)
-        # one pair of block buffers for both directions (the reverse one takes as many rows as fit in them)
-        bufs = blocks.flat_buffers(rows * (N + K), u1, hp, coef is not None)
-        loss, g, floor = blocks.cross(u1[lo:hi], u2, V, call.bank, lab_a, labels, negative_labels, hp, c_fwd, rows,
-                                      offset=lo, t=t, want_floor=want_floor, buffers=bufs)
-        if g is not None:
-            if (lo, hi) == (0, N):
-                gu1 = g[0]
-            else:  # under gather: this rank's anchors are rows lo..hi of the gathered z1
-                gu1 = torch.zeros_like(u1)
-                gu1[lo:hi] = g[0]
-            gu2, gV = g[1], g[2]
-        if call.symmetric:
-            rows = max(1, min(hi - lo, rows * (N + K) // max(N, 1)))
-            acc = None if g is None else (gu2[lo:hi], gu1)  # the reverse direction adds into the same gradients
-            loss_r, g_r, floor_r = blocks.cross(u2[lo:hi], u1, None, "none", lab_a, labels, None, hp, c_rev, rows,
-                                                offset=lo, t=t, want_floor=want_floor, buffers=bufs, out=acc)
-            loss = torch.cat([loss, loss_r])
-            if floor is not None:
-                floor = floor + floor_r
-        del bufs  # free the block buffers before the normalisation's backward
-        if g is not None:
-            if call.temperature_grad:
-                dots = _dot(u1, gu1) + _dot(u2, gu2) + (0.0 if gV is None else _dot(V, gV))
-            if call.normalize:
-                gu1, gu2 = normalize_backward(gu1, u1, n1), normalize_backward(gu2, u2, n2)
-                gV = None if gV is None else normalize_backward(gV, V, nV)
-            grads = (gu1, gu2, gV)
+        workers = symmetric.worker_count(u1.device.type)  # 1 while torch.compile traces
+        tile = symmetric.tile_rows(call.memory_budget, itemsize, labelled, workers)
+        if cross_tiles.choose(hp, t, call.anchors, N, call.bank, call.symmetric, call.normalize, tile,
+                              u1.device.type):  # shared tiles: one product of u1 u2^T per pass (spec section 8)
+            loss, g, floor = cross_tiles.cross(u1, u2, labels, hp, coef, tile, symmetric.host_temperature(t), rows,
+                                               workers, want_floor=want_floor)
+            if g is not None:
+                gu1, gu2 = g
+                if call.temperature_grad:
+                    dots = _dot(u1, gu1) + _dot(u2, gu2)
+                if call.normalize:
+                    gu1, gu2 = normalize_backward(gu1, u1, n1), normalize_backward(gu2, u2, n2)
+                grads = (gu1, gu2, None)
+        else:  # two row-block passes, one per direction (banks, gather, symmetric=False, ...)
+            # one pair of block buffers for both directions (the reverse one takes as many rows as fit in them)
+            bufs = blocks.flat_buffers(rows * (N + K), u1, hp, coef is not None)
+            loss, g, floor = blocks.cross(u1[lo:hi], u2, V, call.bank, lab_a, labels, negative_labels, hp, c_fwd, rows,
+                                          offset=lo, t=t, want_floor=want_floor, buffers=bufs)
+            if g is not None:
+                if (lo, hi) == (0, N):
+                    gu1 = g[0]
+                else:  # under gather: this rank's anchors are rows lo..hi of the gathered z1
+                    gu1 = torch.zeros_like(u1)
+                    gu1[lo:hi] = g[0]
+                gu2, gV = g[1], g[2]
+            if call.symmetric:
+                rows = max(1, min(hi - lo, rows * (N + K) // max(N, 1)))
+                acc = None if g is None else (gu2[lo:hi], gu1)  # the reverse direction adds into the same gradients
+                loss_r, g_r, floor_r = blocks.cross(u2[lo:hi], u1, None, "none", lab_a, labels, None, hp, c_rev, rows,
+                                                    offset=lo, t=t, want_floor=want_floor, buffers=bufs, out=acc)
+                loss = torch.cat([loss, loss_r])
+                if floor is not None:
+                    floor = floor + floor_r
+            del bufs  # free the block buffers before the normalisation's backward
+            if g is not None:
+                if call.temperature_grad:
+                    dots = _dot(u1, gu1) + _dot(u2, gu2) + (0.0 if gV is None else _dot(V, gV))
+                if call.normalize:
+                    gu1, gu2 = normalize_backward(gu1, u1, n1), normalize_backward(gu2, u2, n2)
+                    gV = None if gV is None else normalize_backward(gV, V, nV)
+                grads = (gu1, gu2, gV)
     else:
         u1, n1 = nrm(z1)
         u2, n2 = nrm(z2)

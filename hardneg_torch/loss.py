@@ -8,6 +8,7 @@ from typing import Optional, Union
 
 import torch
 
+from hardneg._docs import fill_doc
 from hardneg.validation import UNKNOWN, check_temperature_tensor
 
 from . import core
@@ -133,6 +134,7 @@ def _wants_grad(*xs: Optional[torch.Tensor]) -> bool:
     return torch.is_grad_enabled() and any(isinstance(x, torch.Tensor) and x.requires_grad for x in xs)
 
 
+@fill_doc
 def hcl_loss(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -155,14 +157,7 @@ def hcl_loss(
 ) -> torch.Tensor:
     r"""Hard-negative contrastive loss (Robinson et al., ICLR 2021) in PyTorch, memory linear in the batch.
 
-    For anchors :math:`i` with positive logit :math:`a_i` and negatives :math:`j \in N_i`
-    (:math:`M_i = |N_i|`), with :math:`s_{ij} = u_i \cdot u_j / t` and :math:`u = z / \max(\lVert z\rVert, 10^{-12})`:
-
-    .. math::
-
-        R_i = M_i \frac{\sum_j e^{(1+\beta) s_{ij}}}{\sum_j e^{\beta s_{ij}}},\qquad
-        Ng_i = \max\Big(\frac{R_i - \tau^+ M_i e^{a_i}}{1-\tau^+},\; M_i e^{-1/t}\Big),\qquad
-        \ell_i = -\log \frac{e^{a_i}}{e^{a_i} + Ng_i}.
+    {{hcl_loss.math}}
 
     ``estimator="easy"`` uses :math:`Ng_i = \sum_j e^{s_{ij}}` (NT-Xent) and ignores beta, tau_plus, clamp;
     ``beta=0`` is the debiased loss (Chuang et al., NeurIPS 2020); ``beta=math.inf`` the worst-case limit
@@ -192,23 +187,23 @@ def hcl_loss(
         checked (that would synchronise with the device): a tensor temperature <= 0, infinite or NaN gives
         NaN for the loss and every gradient.
     beta : float, default 1.0
-        Hardness, >= 0; ``math.inf`` allowed.
+        {{hcl_loss.beta}}
     tau_plus : float, default 0.1
-        Class prior for debiasing, 0 <= tau_plus < 1.
+        {{hcl_loss.tau_plus}}
     estimator : {"hard", "easy"}, default "hard"
         "easy" is NT-Xent / InfoNCE (beta, tau_plus and clamp are ignored).
     clamp : bool, default True
-        Floor Ng at M e^{-1/t} (the released code's "constrain"; hard estimator only).
+        {{hcl_loss.clamp}}
     normalize : bool, default True
-        Use u = z / max(||z||_2, 1e-12); False uses z as given.
+        {{hcl_loss.normalize}}
     negatives : torch.Tensor, shape (K, d) or (B, K, d), optional
         Explicit bank (shared, or one per anchor), dtype of z1. In the bank layout (the default when a bank
         is given) anchors are z1's rows, positives z2's rows, and in-batch samples are not negatives. In the
         cross layout the bank rows are extra negatives of z1's anchors (after the rows of z2).
     labels : torch.Tensor of int, shape (B,), optional
-        Samples sharing the anchor's label are removed from its negatives.
+        {{hcl_loss.labels}}
     negative_labels : torch.Tensor of int, shape (K,) or (B, K), optional
-        Labels of the bank rows; required with ``labels`` when a bank is given.
+        {{hcl_loss.negative_labels}}
     reduction : {"mean", "sum", "none"}, default "mean"
         "none" returns the per-anchor losses: shape (2B,) in z1-then-z2 order in-batch and in the symmetric
         cross layout, (B,) with a bank or ``symmetric=False``. "mean" averages over every anchor.
@@ -255,8 +250,7 @@ def hcl_loss(
 
     References
     ----------
-    Robinson, Chuang, Sra, Jegelka. Contrastive Learning with Hard Negative Samples. ICLR 2021.
-    Chuang, Robinson, Lin, Torralba, Jegelka. Debiased Contrastive Learning. NeurIPS 2020.
+    {{hcl_loss.references}}
     """
     tensor_t = isinstance(temperature, torch.Tensor)
     hp = dict(temperature=UNKNOWN if tensor_t else temperature, beta=beta, tau_plus=tau_plus, estimator=estimator,

@@ -8,15 +8,14 @@ from typing import Optional
 import torch
 from torch import nn
 
-from hardneg.validation import check_call, check_hyperparameters
+from hardneg.loss_settings import HCLLossSettings
 
-from .checks import check_memory_budget
 from .loss import hcl_loss
 
 __all__ = ["HCLLoss"]
 
 
-class HCLLoss(nn.Module):
+class HCLLoss(HCLLossSettings, nn.Module):
     r"""Hard-negative contrastive loss (Robinson et al., ICLR 2021) as a module, optionally learning t.
 
     Holds the hyper-parameters of :func:`hardneg_torch.hcl_loss` (validated at construction with the
@@ -107,36 +106,11 @@ class HCLLoss(nn.Module):
         min_temperature: Optional[float] = None,
     ) -> None:
         super().__init__()
-        check_hyperparameters(temperature=temperature, beta=beta, tau_plus=tau_plus, estimator=estimator,
-                              clamp=clamp, normalize=normalize, reduction=reduction)
-        # layout and symmetric on their own (whether the call has a bank is checked on each call)
-        check_call(z1_shape=(None, None), z2_shape=(None, None), z1_dtype=None, z2_dtype=None, layout=layout,
-                   symmetric=symmetric, negatives_shape=(None, None) if layout == "bank" else None)
-        check_memory_budget(memory_budget)
-        if not isinstance(learn_temperature, bool):
-            raise TypeError(f"learn_temperature must be a bool (True or False); got {learn_temperature!r} of type "
-                            f"{type(learn_temperature).__name__}")
-        if min_temperature is not None:
-            if not learn_temperature:
-                raise ValueError("min_temperature needs learn_temperature=True (a fixed temperature has no minimum "
-                                 "to enforce)")
-            if isinstance(min_temperature, bool) or not isinstance(min_temperature, (int, float)) or not (
-                    math.isfinite(min_temperature) and min_temperature > 0):
-                raise ValueError(f"min_temperature must be a finite number > 0 (or None); got {min_temperature!r}")
-        self.temperature = temperature
-        self.beta = beta
-        self.tau_plus = tau_plus
-        self.estimator = estimator
-        self.clamp = clamp
-        self.normalize = normalize
-        self.reduction = reduction
-        self.layout = layout
-        self.symmetric = symmetric
-        self.memory_budget = memory_budget
-        self.gather = gather
+        self._hold_settings(temperature=temperature, beta=beta, tau_plus=tau_plus, estimator=estimator, clamp=clamp,
+                            normalize=normalize, reduction=reduction, layout=layout, symmetric=symmetric,
+                            memory_budget=memory_budget, gather=gather, learn_temperature=learn_temperature,
+                            min_temperature=min_temperature)
         self.group = group
-        self.learn_temperature = learn_temperature
-        self.min_temperature = min_temperature
         if learn_temperature:
             self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / float(temperature))))
         else:
@@ -178,39 +152,10 @@ class HCLLoss(nn.Module):
         torch.Tensor
             Scalar, or (n_anchors,) for ``reduction="none"``, in z1's dtype.
         """
-        return hcl_loss(
-            z1,
-            z2,
-            temperature=self.effective_temperature(),
-            beta=self.beta,
-            tau_plus=self.tau_plus,
-            estimator=self.estimator,
-            clamp=self.clamp,
-            normalize=self.normalize,
-            negatives=negatives,
-            labels=labels,
-            negative_labels=negative_labels,
-            reduction=self.reduction,
-            layout=self.layout,
-            symmetric=self.symmetric,
-            memory_budget=self.memory_budget,
-            gather=self.gather,
-            group=self.group,
-        )
+        kwargs = self.call_kwargs()
+        kwargs["temperature"] = self.effective_temperature()
+        return hcl_loss(z1, z2, negatives=negatives, labels=labels, negative_labels=negative_labels,
+                        group=self.group, **kwargs)
 
     def extra_repr(self) -> str:
-        keys = ("temperature", "beta", "tau_plus", "estimator", "clamp", "normalize", "reduction")
-        s = ", ".join(f"{k}={getattr(self, k)!r}" for k in keys)
-        if self.layout is not None:
-            s += f", layout={self.layout!r}"
-        if self.symmetric is not True:
-            s += f", symmetric={self.symmetric!r}"
-        if self.memory_budget is not None:
-            s += f", memory_budget={self.memory_budget}"
-        if self.gather:
-            s += ", gather=True"
-        if self.learn_temperature:
-            s += ", learn_temperature=True"
-            if self.min_temperature is not None:
-                s += f", min_temperature={self.min_temperature!r}"
-        return s
+        return self.settings_repr()

@@ -77,10 +77,6 @@ _GRADCACHE_CITATION = """
 }
 """
 
-#: The hyper-parameters held by the wrapped :class:`hardneg_torch.HCLLoss` (and delegated to it).
-_HYPER = ("beta", "tau_plus", "estimator", "symmetric")
-
-
 def _gathering(flag: bool) -> bool:
     """Whether to gather across devices now: asked for, and a torch.distributed group of > 1 rank is running.
 
@@ -92,6 +88,22 @@ def _gathering(flag: bool) -> bool:
     import torch.distributed as dist
 
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _delegate(holder: str, name: str, check=None, settable: bool = True) -> property:
+    """A property forwarding ``name`` to the object held in ``self.<holder>``: both losses expose MNRL-style
+    attributes whose one source of truth is the object that computes the loss (``check(name, value)`` runs
+    before a set)."""
+
+    def get(self):
+        return getattr(getattr(self, holder), name)
+
+    def set_(self, value) -> None:
+        if check is not None:
+            check(name, value)
+        setattr(getattr(self, holder), name, value)
+
+    return property(get, set_ if settable else None, doc=f"``{name}``, held by ``self.{holder}``.")
 
 
 class _MeanGradOverRanks(torch.autograd.Function):
@@ -207,42 +219,11 @@ class HardNegativeRankingLoss(nn.Module):
         self.gather_across_devices = gather_across_devices
 
     # -- hyper-parameters: held by self.objective (validated again on every call) --------------------------
-    @property
-    def beta(self) -> float:
-        return self.objective.beta
-
-    @beta.setter
-    def beta(self, value: float) -> None:
-        self.objective.beta = value
-
-    @property
-    def tau_plus(self) -> float:
-        return self.objective.tau_plus
-
-    @tau_plus.setter
-    def tau_plus(self, value: float) -> None:
-        self.objective.tau_plus = value
-
-    @property
-    def estimator(self) -> str:
-        return self.objective.estimator
-
-    @estimator.setter
-    def estimator(self, value: str) -> None:
-        self.objective.estimator = value
-
-    @property
-    def symmetric(self) -> bool:
-        return self.objective.symmetric
-
-    @symmetric.setter
-    def symmetric(self, value: bool) -> None:
-        _check_bool("symmetric", value)
-        self.objective.symmetric = value
-
-    @property
-    def learn_temperature(self) -> bool:
-        return self.objective.learn_temperature
+    beta = _delegate("objective", "beta")
+    tau_plus = _delegate("objective", "tau_plus")
+    estimator = _delegate("objective", "estimator")
+    symmetric = _delegate("objective", "symmetric", check=_check_bool)
+    learn_temperature = _delegate("objective", "learn_temperature", settable=False)
 
     @property
     def temperature(self) -> float:
@@ -428,22 +409,13 @@ class CachedHardNegativeRankingLoss(CachedLossMixin, nn.Module):
         self._temperature_grads: List[Tensor] = []
 
     # -- hyper-parameters, delegated to the wrapped loss --------------------------------------------------
-    def _get(name):  # noqa: N805 - a property factory used in the class body
-        return property(lambda self: getattr(self.loss, name),
-                        lambda self, value: setattr(self.loss, name, value),
-                        doc=f"``{name}`` of the wrapped :class:`HardNegativeRankingLoss`.")
-
-    beta = _get("beta")
-    tau_plus = _get("tau_plus")
-    estimator = _get("estimator")
-    symmetric = _get("symmetric")
-    temperature = _get("temperature")
-    gather_across_devices = _get("gather_across_devices")
-    del _get
-
-    @property
-    def learn_temperature(self) -> bool:
-        return self.loss.learn_temperature
+    beta = _delegate("loss", "beta")
+    tau_plus = _delegate("loss", "tau_plus")
+    estimator = _delegate("loss", "estimator")
+    symmetric = _delegate("loss", "symmetric")
+    temperature = _delegate("loss", "temperature")
+    gather_across_devices = _delegate("loss", "gather_across_devices")
+    learn_temperature = _delegate("loss", "learn_temperature", settable=False)
 
     @property
     def scale(self) -> float:

@@ -391,3 +391,32 @@ def test_installation_page_names_every_extra():
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["optional-dependencies"]
     page = (DOCS / "installation.md").read_text(encoding="utf-8")
     assert [e for e in extras if f"| `{e}` |" not in page] == []
+
+
+def test_shared_docstring_tokens_expand_with_the_tokens_indentation():
+    from hardneg._docs import TEXTS, expand
+
+    doc = "Summary.\n\n    Parameters\n    ----------\n    x : int\n        {{hcl_loss.labels}}\n        More.\n"
+    got = expand(doc)
+    assert got == doc.replace("{{hcl_loss.labels}}", TEXTS["hcl_loss.labels"])
+    math = expand("S.\n\n    {{hcl_loss.math}}\n")
+    # every line of a multi-line text is indented like the token; blank lines stay empty
+    assert all(line.startswith("    ") or line == "" for line in math.split("\n")[2:])
+    assert "    .. math::" in math and "\n\n" in math
+    with pytest.raises(KeyError, match=r"unknown docstring token \{\{hcl_loss.nope\}\}"):
+        expand("    {{hcl_loss.nope}}\n")
+    assert expand(None) is None
+
+
+def test_every_backend_hcl_loss_docstring_carries_the_shared_math_and_references():
+    import importlib
+
+    from hardneg._docs import TEXTS
+
+    for pkg in ("hardneg", "hardneg_torch", "hardneg_jax", "hardneg_tf"):
+        framework = {"hardneg_torch": "torch", "hardneg_jax": "jax", "hardneg_tf": "tensorflow"}.get(pkg)
+        if framework and importlib.util.find_spec(framework) is None:
+            continue
+        doc = inspect.cleandoc(importlib.import_module(pkg).hcl_loss.__doc__)
+        for key in ("hcl_loss.math", "hcl_loss.references", "hcl_loss.clamp", "hcl_loss.negative_labels"):
+            assert TEXTS[key] in doc, (pkg, key)

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 import hardneg
+from hardneg.backends import FUNCTION_BACKENDS
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
-BACKENDS = ("hardneg_torch", "hardneg_jax", "hardneg_tf")
+BACKENDS = tuple(b.package for b in FUNCTION_BACKENDS)
 
 
 def _bash_blocks() -> list:

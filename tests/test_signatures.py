@@ -15,15 +15,11 @@ import pytest
 
 import hardneg
 
-BACKENDS = ["hardneg_torch", "hardneg_jax", "hardneg_tf"]
+from hardneg.backends import BACKENDS as TABLE, FUNCTION_BACKENDS  # noqa: E402
+
+BACKENDS = [b.package for b in FUNCTION_BACKENDS]
 # Keyword-only extras a backend may add after the common arguments; their defaults change nothing.
-ALLOWED_EXTRAS = {
-    "hardneg_torch": {"memory_budget": None, "gather": False, "group": None},
-    "hardneg_jax": {"memory_budget": None, "axis_name": None},
-    "hardneg_tf": {"memory_budget": None, "gather": False},
-    # the Keras 3 loss (a class only): extras it passes to the backend it dispatches to (gather: TF and torch)
-    "hardneg_keras": {"memory_budget": None, "gather": False},
-}
+ALLOWED_EXTRAS = {b.package: b.keywords for b in TABLE}
 # The reference's loss functions, each with a ``<name>_and_grad`` twin; jsd_loss joined in spec 1.1.
 FUNCTIONS = [name for name in ("hcl_loss", "jsd_loss") if hasattr(hardneg, name)]
 # Arguments of hcl_loss that are data, not hyper-parameters held by a loss object.
@@ -101,3 +97,90 @@ def test_loss_class_holds_the_function_hyperparameters(backend, cls, method):
     for name, default in ALLOWED_EXTRAS[backend].items():
         if name in init:
             assert init[name].default == default, name
+
+
+# -- the backends' extras and the loss classes' settings raise the shared messages (hardneg.validation) -------
+BAD_BUDGETS = [
+    (0, ValueError, "memory_budget must be None or a positive int (bytes); got 0"),
+    (-5, ValueError, "memory_budget must be None or a positive int (bytes); got -5"),
+    (1.5e6, TypeError, "memory_budget must be None or a positive int (bytes); got 1500000.0 of type float"),
+    (True, TypeError, "memory_budget must be None or a positive int (bytes); got True of type bool"),
+]
+
+
+def _pair(backend: str):
+    """A valid (z1, z2) of the backend's own tensor type."""
+    import numpy as np
+
+    z = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
+    if backend == "hardneg_torch":
+        import torch
+
+        return torch.from_numpy(z), torch.from_numpy(z[::-1].copy())
+    if backend == "hardneg_jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(z), jnp.asarray(z[::-1])
+    import tensorflow as tf
+
+    return tf.constant(z), tf.constant(z[::-1])
+
+
+@pytest.mark.parametrize("budget,exc,msg", BAD_BUDGETS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_memory_budget_raises_the_same_message_in_every_backend(backend, budget, exc, msg):
+    mod = _backend(backend)
+    z1, z2 = _pair(backend)
+    with pytest.raises(exc) as info:
+        mod.hcl_loss(z1, z2, memory_budget=budget)
+    assert str(info.value) == msg
+
+
+LOSS_CLASSES = [("hardneg_torch", "HCLLoss"), ("hardneg_keras", "HCLLoss")]
+BAD_SETTINGS = [
+    (dict(memory_budget=0), ValueError, "memory_budget must be None or a positive int (bytes); got 0"),
+    (dict(gather=1), TypeError, "gather must be a bool (True or False); got 1 of type int"),
+    (dict(learn_temperature=1), TypeError, "learn_temperature must be a bool (True or False); got 1 of type int"),
+    (dict(min_temperature=0.01), ValueError,
+     "min_temperature needs learn_temperature=True (a fixed temperature has no minimum to enforce); "
+     "got min_temperature=0.01"),
+    (dict(learn_temperature=True, min_temperature=0.0), ValueError,
+     "min_temperature must be None or finite and > 0; got 0.0"),
+    (dict(learn_temperature=True, min_temperature="0.1"), TypeError,
+     "min_temperature must be None or a real number; got '0.1' of type str"),
+    (dict(temperature=-1.0), ValueError, "temperature must be finite and > 0 (with 1/temperature finite); got -1.0"),
+]
+
+
+@pytest.mark.parametrize("kwargs,exc,msg", BAD_SETTINGS)
+@pytest.mark.parametrize("module,cls", LOSS_CLASSES)
+def test_loss_classes_reject_bad_settings_with_the_shared_messages(module, cls, kwargs, exc, msg):
+    loss_cls = getattr(_backend(module), cls)
+    with pytest.raises(exc) as info:
+        loss_cls(**kwargs)
+    assert str(info.value) == msg
+
+
+@pytest.mark.parametrize("module,cls", LOSS_CLASSES)
+def test_loss_classes_hold_their_settings_as_attributes(module, cls):
+    loss = getattr(_backend(module), cls)(temperature=0.2, beta=2.0, layout="cross", symmetric=False,
+                                          memory_budget=2**20)
+    assert loss.call_kwargs() == dict(temperature=0.2, beta=2.0, tau_plus=0.1, estimator="hard", clamp=True,
+                                      normalize=True, reduction="mean", layout="cross", symmetric=False,
+                                      memory_budget=2**20, gather=False)
+
+
+def test_the_backend_table_names_installable_packages_and_extras():
+    # every row's package exists in this checkout and its pip extra is declared in pyproject.toml
+    import pathlib
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for b in TABLE:
+        assert (root / b.package / "__init__.py").exists(), b
+        assert b.extra in extras, (b, sorted(extras))
+    from conformance import BACKENDS as VERIFIED
+    from hardneg.reproduce.experiment import BACKENDS as TRAINED
+
+    assert list(VERIFIED) == list(TRAINED) == [b.name for b in FUNCTION_BACKENDS]

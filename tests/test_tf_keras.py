@@ -181,7 +181,7 @@ def test_config_round_trip_and_errors():
         HCLLoss(layout="clip")
     with pytest.raises(ValueError, match="symmetric=False is only meaningful"):
         HCLLoss(symmetric=False)
-    with pytest.raises(ValueError, match="min_temperature is only meaningful"):
+    with pytest.raises(ValueError, match="min_temperature needs learn_temperature=True"):
         HCLLoss(min_temperature=0.01)
     with pytest.raises(ValueError, match="temperature must be finite and > 0"):  # the shared validation
         HCLLoss(temperature=-1.0)

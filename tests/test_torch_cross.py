@@ -1,7 +1,7 @@
 """hardneg_torch spec 1.1: the cross layout and a differentiable (tensor) temperature, against the reference.
 
 Values and gradients are compared with :func:`hardneg.hcl_loss_and_grad` (float64, closed form, including
-``Grads.temperature``), with the tolerances of tests/test_torch_values.py: an error budget of
+``Grads.temperature``), with the tolerances of tests/torch_check.py: an error budget of
 ``64 eps (2 + beta) / t`` relative to the magnitude (the logits carry ~eps/t, the exponents (1 + beta) s
 amplify it), plus the output's rounding for float16/bfloat16. The identities with CLIP's loss and
 sentence-transformers' MultipleNegativesRankingLoss are checked against cross-entropies written here
@@ -10,6 +10,7 @@ independently with ``torch.nn.functional.cross_entropy``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -20,66 +21,14 @@ torch = pytest.importorskip("torch")
 import hardneg  # noqa: E402
 from hardneg_torch import HCLLoss, hcl_loss  # noqa: E402
 
-EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
-B, D, K = 6, 5, 4
-LABELS = torch.tensor([0, 1, 0, 2, 1, 3])
+import torch_check  # noqa: E402
 
-
-def _tol(dtype, kw):
-    t = kw.get("temperature", 0.5)
-    t = float(t) if not isinstance(t, torch.Tensor) else float(t.detach())
-    beta = kw.get("beta", 1.0)
-    amp = (2.0 + (4.0 if math.isinf(beta) else beta)) / t
-    internal = EPS[torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype]
-    return 64 * internal * amp + (2 * EPS[dtype] if dtype in (torch.float16, torch.bfloat16) else 0.0)
-
-
-def _inputs(dtype, bank=None, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    z1 = torch.randn(B, D, generator=g, dtype=torch.float64).to(dtype)
-    z2 = (z1.double() + 0.5 * torch.randn(B, D, generator=g, dtype=torch.float64)).to(dtype)
-    neg = None
-    if bank == "shared":
-        neg = torch.randn(K, D, generator=g, dtype=torch.float64).to(dtype)
-    elif bank == "per_anchor":
-        neg = torch.randn(B, K, D, generator=g, dtype=torch.float64).to(dtype)
-    return z1, z2, neg
-
-
-def _np(x):
-    return None if x is None else x.detach().double().numpy()
-
-
-def check(dtype=torch.float64, bank=None, seed=0, tensor_t=False, t_dtype=None, **kw):
-    """Compare the value and every gradient (z1, z2, the bank, and t when it is a tensor) with the reference."""
-    z1, z2, neg = _inputs(dtype, bank, seed)
-    ins = [x.requires_grad_(True) for x in (z1, z2, neg) if x is not None]
-    t_float = kw.pop("temperature", 0.5)
-    t = torch.tensor(t_float, dtype=t_dtype or dtype, requires_grad=True) if tensor_t else t_float
-    if tensor_t:
-        t_float = float(t.detach().double())  # the value the backend sees (rounded to t's dtype)
-    value = hcl_loss(z1, z2, negatives=neg, temperature=t, **kw)
-    assert value.dtype == dtype
-    ref_kw = {k: (v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in kw.items() if k != "memory_budget"}
-    cot = None
-    if kw.get("reduction") == "none":
-        cot = torch.randn(value.shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
-        ref_kw["cotangent"] = _np(cot)
-    grads = torch.autograd.grad(value, ins + ([t] if tensor_t else []), cot)
-    ref_value, ref = hardneg.hcl_loss_and_grad(_np(z1), _np(z2), negatives=_np(neg), temperature=t_float, **ref_kw)
-    tol = _tol(dtype, dict(kw, temperature=t_float))
-    np.testing.assert_allclose(_np(value), ref_value, rtol=tol, atol=tol, equal_nan=True)
-    refs = [ref.z1, ref.z2] + ([ref.negatives] if neg is not None else [])
-    scale = max(np.nanmax(np.abs(r)) for r in refs) if not np.isnan(ref.z1).all() else 1.0
-    for got, want in zip(grads, refs):
-        assert got.dtype == dtype and got.shape == want.shape
-        np.testing.assert_allclose(_np(got), want, rtol=tol, atol=tol * scale, equal_nan=True)
-    if tensor_t:
-        gt = grads[-1]
-        assert gt.shape == () and gt.dtype == t.dtype
-        np.testing.assert_allclose(_np(gt), ref.temperature, rtol=tol, atol=tol * abs(ref.temperature) + tol,
-                                   equal_nan=True)
-    return value, ref
+B, D, K = torch_check.B, torch_check.D, 4
+LABELS = torch_check.LABELS
+# the shared comparison (tests/torch_check.py) with a bank of K rows
+_inputs = functools.partial(torch_check.inputs, bank_rows=K)
+check = functools.partial(torch_check.check, bank_rows=K)
+_np, _tol = torch_check.to_np, torch_check.tol
 
 
 CROSS = [
@@ -361,7 +310,7 @@ def test_learnable_temperature_trains_and_respects_the_minimum():
 def test_learnable_temperature_options_are_validated():
     with pytest.raises(ValueError, match="temperature must be finite and > 0"):
         HCLLoss(temperature=-1.0, learn_temperature=True)
-    with pytest.raises(ValueError, match="min_temperature must be a finite number > 0"):
+    with pytest.raises(ValueError, match="min_temperature must be None or finite and > 0"):
         HCLLoss(learn_temperature=True, min_temperature=0.0)
     with pytest.raises(ValueError, match="min_temperature needs learn_temperature=True"):
         HCLLoss(min_temperature=0.01)

@@ -25,10 +25,12 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
+from ..backends import FUNCTION_BACKENDS, by_name
+
 __all__ = ["Impl", "IMPLS", "FRAMEWORKS", "BASELINES", "FLOORS", "SYMMETRIC_FLOORS", "get", "availability", "build",
            "for_backends"]
 
-FRAMEWORKS = ("torch", "jax", "tf")
+FRAMEWORKS = tuple(b.name for b in FUNCTION_BACKENDS)  # hardneg.backends: the one table
 
 
 @dataclass(frozen=True)
@@ -60,13 +62,13 @@ IMPLS: Dict[str, Impl] = {
     i.name: i
     for i in [
         Impl("hardneg_torch", "torch", "backend", ("torch", "hardneg_torch"), "hardneg_torch (eager)",
-             install_hint="pip install 'hardneg[torch]'", builder="_torch_backend"),
+             install_hint=by_name("torch").install_hint, builder="_torch_backend"),
         Impl("naive_torch", "torch", "naive", ("torch",), "naive torch (eager)", builder="_torch_naive"),
         Impl("floor_torch", "torch", "floor", ("torch",), "floor: 3 matmuls (torch)", builder="_torch_floor"),
         Impl("symfloor_torch", "torch", "floor", ("torch",), "symmetric floor: 2 matmuls (torch)",
              builder="_torch_symfloor"),
         Impl("hardneg_torch_cross", "torch", "backend", ("torch", "hardneg_torch"),
-             "hardneg_torch cross layout (eager)", install_hint="pip install 'hardneg[torch]'", builder="_torch_backend_cross"),
+             "hardneg_torch cross layout (eager)", install_hint=by_name("torch").install_hint, builder="_torch_backend_cross"),
         Impl("naive_torch_cross", "torch", "naive", ("torch",), "naive torch CLIP-style cross (eager)",
              builder="_torch_naive_cross"),
         Impl("lightly_ntxent", "torch", "external", ("torch", "lightly"), "lightly NTXentLoss",
@@ -74,26 +76,26 @@ IMPLS: Dict[str, Impl] = {
         Impl("pml_ntxent", "torch", "external", ("torch", "pytorch_metric_learning"), "PML NTXentLoss",
              estimators=("easy",), install_hint="pip install pytorch-metric-learning", builder="_torch_pml"),
         Impl("hardneg_jax", "jax", "backend", ("jax", "hardneg_jax"), "hardneg_jax (jit)",
-             install_hint="pip install 'hardneg[jax]'", builder="_jax_backend"),
+             install_hint=by_name("jax").install_hint, builder="_jax_backend"),
         Impl("naive_jax", "jax", "naive", ("jax",), "naive jax (jit)", builder="_jax_naive"),
         Impl("floor_jax", "jax", "floor", ("jax",), "floor: 3 matmuls (jax jit)", builder="_jax_floor"),
         Impl("symfloor_jax", "jax", "floor", ("jax",), "symmetric floor: 2 matmuls (jax jit)",
              builder="_jax_symfloor"),
         Impl("hardneg_jax_cross", "jax", "backend", ("jax", "hardneg_jax"), "hardneg_jax cross layout (jit)",
-             install_hint="pip install 'hardneg[jax]'", builder="_jax_backend_cross"),
+             install_hint=by_name("jax").install_hint, builder="_jax_backend_cross"),
         Impl("naive_jax_cross", "jax", "naive", ("jax",), "naive jax CLIP-style cross (jit)",
              builder="_jax_naive_cross"),
         Impl("hardneg_tf", "tf", "backend", ("tensorflow", "hardneg_tf"), "hardneg_tf (tf.function)",
-             install_hint="pip install 'hardneg[tf]'", builder="_tf_backend"),
+             install_hint=by_name("tf").install_hint, builder="_tf_backend"),
         Impl("hardneg_tf_xla", "tf", "backend", ("tensorflow", "hardneg_tf"), "hardneg_tf (XLA)",
-             install_hint="pip install 'hardneg[tf]'", builder="_tf_backend_xla"),
+             install_hint=by_name("tf").install_hint, builder="_tf_backend_xla"),
         Impl("naive_tf", "tf", "naive", ("tensorflow",), "naive tf (tf.function)", builder="_tf_naive"),
         Impl("naive_tf_xla", "tf", "naive", ("tensorflow",), "naive tf (XLA)", builder="_tf_naive_xla"),
         Impl("floor_tf", "tf", "floor", ("tensorflow",), "floor: 3 matmuls (tf)", builder="_tf_floor"),
         Impl("symfloor_tf", "tf", "floor", ("tensorflow",), "symmetric floor: 2 matmuls (tf)",
              builder="_tf_symfloor"),
         Impl("hardneg_tf_cross_xla", "tf", "backend", ("tensorflow", "hardneg_tf"), "hardneg_tf cross layout (XLA)",
-             install_hint="pip install 'hardneg[tf]'", builder="_tf_backend_cross_xla"),
+             install_hint=by_name("tf").install_hint, builder="_tf_backend_cross_xla"),
         Impl("naive_tf_cross_xla", "tf", "naive", ("tensorflow",), "naive tf CLIP-style cross (XLA)",
              builder="_tf_naive_cross_xla"),
     ]

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ..backends import FUNCTION_BACKENDS
 from . import data as data_mod
 from .encoder import init_params
 from .evaluate import eval_views, evaluate_features, evaluate_params
@@ -25,7 +26,7 @@ from .stats import summarize  # re-exported: one definition for every task
 
 __all__ = ["BACKENDS", "load_backend", "Results", "run_experiment", "summarize", "METRICS"]
 
-BACKENDS = ("torch", "jax", "tf")
+BACKENDS = tuple(b.name for b in FUNCTION_BACKENDS)
 #: Metric name -> (higher is better?)
 METRICS = {"linear_probe": True, "knn": True, "alignment": False, "uniformity": False}
 

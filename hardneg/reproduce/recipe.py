@@ -44,7 +44,7 @@ experiment uses seeds 0, 1, ..., N-1, never a selection.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
@@ -118,7 +118,7 @@ class Config:
     adam: Dict[str, float] = field(default_factory=lambda: dict(ADAM))
 
     def with_seeds(self, n: int) -> "Config":
-        return Config(**{**self.__dict__, "seeds": tuple(range(int(n)))})
+        return replace(self, seeds=tuple(range(int(n))))
 
     def to_json(self) -> Dict[str, Any]:
         d = asdict(self)

@@ -31,12 +31,12 @@ methods share both. Seeds are 0, 1, ..., N-1, never a selection.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..recipe import ADAM
+from .. import recipe
 from . import augment
 
 __all__ = ["Method", "METHODS", "Config", "DEFAULT", "QUICK", "released_beta", "batch_list",
@@ -99,31 +99,15 @@ METHODS: Tuple[Method, ...] = (
 
 
 @dataclass(frozen=True)
-class Config:
-    """Everything that defines an MNIST-1D run (``DEFAULT`` and ``QUICK`` are the CLI's presets).
+class Config(recipe.Config):
+    """Everything that defines an MNIST-1D run (``DEFAULT`` and ``QUICK`` are the CLI's presets): the digits
+    recipe's fields (:class:`hardneg.reproduce.recipe.Config`) with this task's methods, plus
 
     ``supervised``: also train the supervised reference row (same encoder, labels, cross-entropy).
     """
 
-    epochs: int
-    seeds: Tuple[int, ...]
     methods: Tuple[Method, ...] = METHODS
-    batch_size: int = 256
-    temperature: float = 0.5
-    lr: float = 1e-3
-    weight_decay: float = 1e-6
-    knn_k: int = 5
     supervised: bool = True
-    adam: Dict[str, float] = field(default_factory=lambda: dict(ADAM))
-
-    def with_seeds(self, n: int) -> "Config":
-        return Config(**{**self.__dict__, "seeds": tuple(range(int(n)))})
-
-    def to_json(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["methods"] = [asdict(m) for m in self.methods]
-        d["seeds"] = list(self.seeds)
-        return d
 
 
 #: The default run (<= 10 minutes on 2 cores). Chosen for run time (NT-Xent alone, seed 100) before any
