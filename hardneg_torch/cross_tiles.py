@@ -63,7 +63,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from . import blocks, symmetric
+from . import symmetric
 from .rows import Hyper, row_terms
 
 __all__ = ["MIN_PAIRS", "supported", "choose", "cross"]
@@ -119,39 +119,15 @@ def _split(coef, B: int):
     return coef, coef
 
 
-def _fallback(idx: torch.Tensor, ua: torch.Tensor, uc: torch.Tensor, labels, count, a, hp: Hyper, coef, t: float,
-              rows_per_block: int, ga: Optional[torch.Tensor], gc: Optional[torch.Tensor], loss: torch.Tensor,
-              qa: Optional[torch.Tensor], want_floor: bool = False):
-    """Anchors ``idx`` of one direction (anchors ``ua``, candidates ``uc``) recomputed with per-row maxima by the
-    row-block kernel's :func:`hardneg_torch.blocks._block`; their loss and ``qa`` are overwritten in place and
-    their negatives' gradient is added to ``ga`` (anchors) and ``gc`` (candidates). Returns their
-    ``sum coef dloss/dlf`` (0-d) with ``want_floor``, else None."""
-    n_fb = int(idx.numel())
-    rows = max(1, min(n_fb, rows_per_block))
-    B = uc.shape[0]
-    want_grad = ga is not None
-    Sb, Tb = blocks._buffers(rows, B, ua, hp, want_grad)
-    uc_t = uc * (1.0 / t)
-    floor = None
-    for k0 in range(0, n_fb, rows):
-        ix = idx[k0:k0 + rows]
-        b = int(ix.numel())
-        S = torch.mm(ua[ix], uc_t.t(), out=Sb[:b])
+def _diagonal_and_labels(labels):
+    """The non-negatives of anchors ``ix`` in a block of logits against every candidate: the positive (column
+    ``ix``: the same pair) or, with labels, every same-label candidate."""
+    def mask(S, ix):
         if labels is None:
-            S[torch.arange(b, device=S.device), ix] = -math.inf
+            S[torch.arange(int(ix.numel()), device=S.device), ix] = -math.inf
         else:
             S.masked_fill_(labels[ix, None] == labels[None, :], -math.inf)
-        cf = coef[ix] if isinstance(coef, torch.Tensor) else coef
-        l_f, qa_f, G, fl = blocks._block(S, None if Tb is None else Tb[:b], count[ix], a[ix], hp, cf, t,
-                                         want_floor)
-        loss[ix] = l_f
-        if want_floor:
-            floor = fl if floor is None else floor + fl
-        if want_grad:
-            ga.index_add_(0, ix, G @ uc)
-            gc.addmm_(G.t(), ua[ix])
-            qa[ix] = qa_f
-    return floor
+    return mask
 
 
 def cross(u1: torch.Tensor, u2: torch.Tensor, labels: Optional[torch.Tensor], hp: Hyper, coef, tile, t: float,
@@ -290,8 +266,8 @@ def cross(u1: torch.Tensor, u2: torch.Tensor, labels: Optional[torch.Tensor], hp
                                                          (fb_r, u2, u1, c_r, g2, g1, loss_r, qa_r, dlf_r)):
         fl = None
         if fb.numel():
-            fl = _fallback(fb, ua, uc, labels, count, a, hp, c_d, t, rows_per_block, ga, gc, loss_d, qa_d,
-                           want_floor)
+            fl = symmetric.recompute_rows(fb, ua, uc, _diagonal_and_labels(labels), count, a, hp, c_d, t,
+                                          rows_per_block, ga, gc, loss_d, qa_d, want_floor)
             if want_floor:
                 dlf_d[fb] = 0.0
         if want_floor:

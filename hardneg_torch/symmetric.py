@@ -74,7 +74,7 @@ import torch
 from . import blocks
 from .rows import Hyper, row_terms
 
-__all__ = ["TILE_ROWS", "MIN_ROWS", "MIN_ROWS_THREADED", "min_rows", "ENV_VAR", "supported", "host_temperature", "choose", "tile_rows",
+__all__ = ["TILE_ROWS", "MIN_ROWS", "MIN_ROWS_THREADED", "min_rows", "ENV_VAR", "supported", "host_temperature", "choose", "tile_rows", "recompute_rows",
            "worker_count", "in_batch"]
 
 #: Largest tile side: a float32 tile of 1024 rows is 4 MiB (two buffers per worker at beta = 1, three otherwise);
@@ -252,6 +252,40 @@ def _run(jobs) -> None:
             raise e
 
 
+def recompute_rows(idx: torch.Tensor, ua: torch.Tensor, uc: torch.Tensor, mask, count, a, hp: Hyper, coef,
+                   t: float, rows_per_block: int, ga: Optional[torch.Tensor], gc: Optional[torch.Tensor],
+                   loss: torch.Tensor, qa: Optional[torch.Tensor], want_floor: bool = False):
+    """The underflow fallback of both tiled kernels: anchors ``idx`` (rows of ``ua``, against every candidate
+    row of ``uc``) recomputed with per-row maxima by the row-block kernel's :func:`hardneg_torch.blocks._block`.
+
+    ``mask(S, ix)`` sets the non-negatives of anchors ``ix`` in their block of logits ``S`` to ``-inf``. Their
+    loss and ``qa`` are overwritten in place and their negatives' gradient is added to ``ga`` (anchors) and
+    ``gc`` (candidates; the same tensor in the in-batch layout). Returns their ``sum coef dloss/dlf`` (0-d) with
+    ``want_floor``, else None."""
+    n_fb = int(idx.numel())
+    rows = max(1, min(n_fb, rows_per_block))
+    want_grad = ga is not None
+    Sb, Tb = blocks._buffers(rows, uc.shape[0], ua, hp, want_grad)
+    uc_t = uc * (1.0 / t)
+    floor = None
+    for k0 in range(0, n_fb, rows):
+        ix = idx[k0:k0 + rows]
+        b = int(ix.numel())
+        S = torch.mm(ua[ix], uc_t.t(), out=Sb[:b])
+        mask(S, ix)
+        cf = coef[ix] if isinstance(coef, torch.Tensor) else coef
+        l_f, qa_f, G, fl = blocks._block(S, None if Tb is None else Tb[:b], count[ix], a[ix], hp, cf, t,
+                                         want_floor)
+        loss[ix] = l_f
+        if want_floor:
+            floor = fl if floor is None else floor + fl
+        if want_grad:
+            ga.index_add_(0, ix, G @ uc)
+            gc.addmm_(G.t(), ua[ix])
+            qa[ix] = qa_f
+    return floor
+
+
 def in_batch(U: torch.Tensor, labels: Optional[torch.Tensor], hp: Hyper, coef, tile: int, t: float,
              rows_per_block: int, workers: Optional[int] = None, want_floor: bool = False):
     r"""The in-batch layout with every row an anchor, by the two-pass symmetric algorithm.
@@ -373,29 +407,17 @@ def in_batch(U: torch.Tensor, labels: Optional[torch.Tensor], hp: Hyper, coef, t
         loss = loss.clone()
         if want_floor:
             dlf[fallback] = 0.0
-        Ut = U * inv_t
-        rows = max(1, min(n_fb, rows_per_block))
-        Sb, Tb = blocks._buffers(rows, n, U, hp, want_grad)
-        for k0 in range(0, n_fb, rows):
-            idx = fallback[k0:k0 + rows]
-            b = int(idx.numel())
-            S = torch.mm(U[idx], Ut.t(), out=Sb[:b])
+
+        def mask(S, ix):  # self and partner, or every same-label row (which includes both)
             if labels is None:
-                ar = torch.arange(b, device=dev)
-                S[ar, idx] = neg_inf
-                S[ar, (idx + half) % n] = neg_inf
+                ar = torch.arange(int(ix.numel()), device=dev)
+                S[ar, ix] = neg_inf
+                S[ar, (ix + half) % n] = neg_inf
             else:
-                S.masked_fill_(labels[idx, None] == labels[None, :], neg_inf)
-            cf = coef[idx] if isinstance(coef, torch.Tensor) else coef
-            l_f, qa_f, G, fl = blocks._block(S, None if Tb is None else Tb[:b], count[idx], a[idx], hp, cf, t,
-                                             want_floor)
-            loss[idx] = l_f
-            if want_floor:
-                floor = fl if floor is None else floor + fl
-            if want_grad:
-                gU.index_add_(0, idx, G @ U)
-                gU.addmm_(G.t(), U[idx])
-                qa[idx] = qa_f
+                S.masked_fill_(labels[ix, None] == labels[None, :], neg_inf)
+
+        floor = recompute_rows(fallback, U, U, mask, count, a, hp, coef, t, rows_per_block, gU, gU, loss,
+                               qa if want_grad else None, want_floor)
     if not want_grad:
         return loss, None, None
     if want_floor:
