@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from .rows import Hyper, row_terms
+from .rows import Hyper, resolvable_beta, row_terms
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "device_default_budget", "block_rows", "in_batch", "cross", "shared_bank",
            "per_anchor_bank"]
@@ -80,11 +80,7 @@ def _block(S: torch.Tensor, T: Optional[torch.Tensor], count: torch.Tensor, a: t
     d loss / d t, divided by t^2 by the caller), else None. ``t`` is the temperature (default
     ``hp.temperature``), a float or a 0-d tensor.
     """
-    beta = hp.beta
-    if 0.0 < beta < torch.finfo(S.dtype).tiny:
-        # beta would round to 0 in S's dtype and turn the masked -inf into -inf * 0 = NaN; every finite
-        # beta * (s - m) is then below the dtype's resolution, so e^{beta (s - m)} = 1: the beta = 0 case.
-        beta = 0.0
+    beta = resolvable_beta(hp.beta, S.dtype)
     t = hp.temperature if t is None else t
     has = count > 0
     zero = torch.zeros((), dtype=S.dtype, device=S.device)

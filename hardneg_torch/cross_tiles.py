@@ -64,7 +64,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from . import symmetric
-from .rows import Hyper, row_terms
+from .rows import Hyper, resolvable_beta, row_terms
 
 __all__ = ["MIN_PAIRS", "supported", "choose", "cross"]
 
@@ -157,9 +157,7 @@ def cross(u1: torch.Tensor, u2: torch.Tensor, labels: Optional[torch.Tensor], hp
     B = u1.shape[0]
     dt, dev = u1.dtype, u1.device
     want_grad = coef is not None
-    beta = hp.beta
-    if 0.0 < beta < torch.finfo(dt).tiny:
-        beta = 0.0  # as in blocks._block: e^{beta (s - c)} = 1 to the dtype's resolution
+    beta = resolvable_beta(hp.beta, dt)
     inv_t = 1.0 / t
     # c bounds every logit (Cauchy-Schwarz), folded into the product: [u1_i, -c] . [u2_j / t, 1] = C_ij - c
     c = ((u1 * u1).sum(dim=1).amax() * (u2 * u2).sum(dim=1).amax()).sqrt() * inv_t

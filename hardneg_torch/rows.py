@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["Hyper", "log1mexp", "row_terms"]
+__all__ = ["Hyper", "log1mexp", "resolvable_beta", "row_terms"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,13 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
 def _softplus(x: torch.Tensor) -> torch.Tensor:
     # logaddexp(0, x) keeps every digit for large x, unlike F.softplus's linear threshold.
     return torch.logaddexp(x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def resolvable_beta(beta: float, dtype: torch.dtype) -> float:
+    """``beta``, or 0 where it is below ``dtype``'s smallest normal number: there it would round to 0 and turn a
+    masked ``-inf`` logit into ``-inf * 0 = NaN``, while every finite ``beta * (s - m)`` is below the dtype's
+    resolution, so ``e^{beta (s - m)} = 1``: the beta = 0 case."""
+    return 0.0 if 0.0 < beta < torch.finfo(dtype).tiny else beta
 
 
 def row_terms(

@@ -72,7 +72,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from . import blocks
-from .rows import Hyper, row_terms
+from .rows import Hyper, resolvable_beta, row_terms
 
 __all__ = ["TILE_ROWS", "MIN_ROWS", "MIN_ROWS_THREADED", "min_rows", "ENV_VAR", "supported", "host_temperature", "choose", "tile_rows", "recompute_rows",
            "worker_count", "in_batch"]
@@ -311,9 +311,7 @@ def in_batch(U: torch.Tensor, labels: Optional[torch.Tensor], hp: Hyper, coef, t
     half = n // 2
     dt, dev = U.dtype, U.device
     want_grad = coef is not None
-    beta = hp.beta
-    if 0.0 < beta < torch.finfo(dt).tiny:
-        beta = 0.0  # as in blocks._block: e^{beta (s - c)} = 1 to the dtype's resolution
+    beta = resolvable_beta(hp.beta, dt)
     inv_t = 1.0 / t
     # c bounds every logit; folded into the product as an extra column: [u_i, -c] . [u_j / t, 1] = s_ij - c
     c = (U * U).sum(dim=1).amax() * inv_t if n else U.new_zeros(())

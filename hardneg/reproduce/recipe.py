@@ -45,7 +45,7 @@ experiment uses seeds 0, 1, ..., N-1, never a selection.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -64,11 +64,13 @@ class Method:
     beta: float
     tau_plus: float
 
-    def loss_kwargs(self, temperature: float) -> Dict[str, Any]:
-        """Keyword arguments for every backend's ``hcl_loss`` (``estimator="easy"`` ignores beta, tau+)."""
+    def loss_kwargs(self, temperature: float, beta: Optional[float] = None) -> Dict[str, Any]:
+        """Keyword arguments for every backend's ``hcl_loss`` (``estimator="easy"`` ignores beta, tau+);
+        ``beta`` overrides the method's (an annealed schedule's value at a step)."""
         if self.estimator == "easy":
             return dict(temperature=temperature, estimator="easy")
-        return dict(temperature=temperature, estimator="hard", beta=self.beta, tau_plus=self.tau_plus, clamp=True)
+        return dict(temperature=temperature, estimator="hard", beta=self.beta if beta is None else float(beta),
+                    tau_plus=self.tau_plus, clamp=True)
 
 
 #: The beta sweep (at tau+ = 0.1).

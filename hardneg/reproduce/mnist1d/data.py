@@ -21,6 +21,8 @@ from typing import Any, Dict
 
 import numpy as np
 
+from .. import data as digits_data
+
 __all__ = ["GENERATOR_ARGS", "SIGNAL_LENGTH", "Signals", "load", "fingerprint"]
 
 #: Every argument ``make_dataset`` reads (the package defaults, except num_samples = 10,000).
@@ -43,8 +45,8 @@ SIGNAL_LENGTH = GENERATOR_ARGS["final_seq_length"]
 
 
 @dataclass(frozen=True)
-class Signals:
-    """The split data set (the same attribute names as the digits task's ``Digits``).
+class Signals(digits_data.Digits):
+    """The split data set: the digits task's :class:`~hardneg.reproduce.data.Digits` fields, holding signals.
 
     Attributes
     ----------
@@ -53,15 +55,6 @@ class Signals:
     y_train, y_test : int64 arrays
         Digit classes 0..9 (evaluation only; the supervised reference row is the one exception).
     """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-    @property
-    def n_classes(self) -> int:
-        return int(max(self.y_train.max(), self.y_test.max())) + 1
 
 
 @functools.lru_cache(maxsize=1)

@@ -32,7 +32,7 @@ methods share both. Seeds are 0, 1, ..., N-1, never a selection.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -56,14 +56,10 @@ def released_beta(epoch: int, epochs: int, beta: float, n_steps: int = ANNEAL_ST
 
 
 @dataclass(frozen=True)
-class Method:
-    """One pre-training objective. ``anneal="down"``: beta follows :func:`released_beta` from ``beta``."""
+class Method(recipe.Method):
+    """One pre-training objective: the digits recipe's :class:`~hardneg.reproduce.recipe.Method` plus
+    ``anneal``; ``anneal="down"``: beta follows :func:`released_beta` from ``beta``."""
 
-    key: str
-    label: str
-    estimator: str
-    beta: float
-    tau_plus: float
     anneal: Optional[str] = None
 
     def beta_at(self, step: int, per_epoch: int, epochs: int) -> float:
@@ -78,13 +74,6 @@ class Method:
         if epochs >= ANNEAL_STEPS:
             return released_beta(step // per_epoch + 1, epochs, self.beta)
         return released_beta(step + 1, epochs * per_epoch, self.beta)
-
-    def loss_kwargs(self, temperature: float, beta: Optional[float] = None) -> Dict[str, Any]:
-        """``hcl_loss`` keyword arguments (``beta`` overrides the method's, for the annealed row)."""
-        if self.estimator == "easy":
-            return dict(temperature=temperature, estimator="easy")
-        return dict(temperature=temperature, estimator="hard", beta=self.beta if beta is None else float(beta),
-                    tau_plus=self.tau_plus, clamp=True)
 
 
 METHODS: Tuple[Method, ...] = (
