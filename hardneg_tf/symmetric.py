@@ -130,8 +130,7 @@ def _in_xla() -> bool:
 
 def _auto(cfg: Config, n: int, min_rows: int, tile: int, normalized: bool, x) -> bool:
     """Measured on CPU under XLA only; normalised rows bound c by 1/t, so the static underflow bound is known."""
-    return (normalized and n >= min_rows and tile >= MIN_TILE and _on_cpu(x)
-            and (1.0 + cfg.beta) * 2.0 * float(cfg.inv_t) <= SAFE_EXPONENT and _in_xla())
+    return n >= min_rows and tile >= MIN_TILE and _on_cpu(x) and underflow_free(cfg, normalized) and _in_xla()
 
 
 def _supported(cfg: Config, n) -> bool:
